@@ -1,0 +1,96 @@
+import CKVM
+
+/// The complete architectural state of one vCPU, as KVM exposes it: enough to
+/// continue the vCPU in a fresh VM (same or another process, same or another host
+/// with the same CPU features).
+///
+/// `VCPU.captureState()` reads it, `VCPU.restoreState(_:)` writes it,
+/// `encoded()` / `init(decoding:)` turn it into versioned bytes and back.
+public struct VCPUState: Sendable, Equatable {
+    public var registers: kvm_regs
+    public var specialRegisters: kvm_sregs
+    /// The XSAVE area (KVM_GET_XSAVE2 size).
+    public var xsave: [UInt8]
+    public var xcrs: kvm_xcrs
+    /// The LAPIC, when the VM has an in-kernel irqchip.
+    public var lapic: kvm_lapic_state?
+    /// Every saveable MSR the vCPU could read, TSC included, in KVM's list order.
+    public var msrs: [MSR]
+    public var events: kvm_vcpu_events
+    public var mpState: kvm_mp_state
+    public var debugRegisters: kvm_debugregs
+    /// The CPUID the vCPU was given (restored first, before anything depends on it).
+    public var cpuid: CPUID
+
+    public static func == (lhs: VCPUState, rhs: VCPUState) -> Bool { lhs.encoded() == rhs.encoded() }
+}
+
+extension VCPU {
+    /// Captures the full state. The vCPU must not be inside `run()`.
+    ///
+    /// MP state is read first (it settles pending LAPIC events), then the registers.
+    public func captureState() throws(KVMError) -> VCPUState {
+        let mp = try mpState()
+        let regs = try registers()
+        let sregs = try specialRegisters()
+        let events = try self.events()
+        let xsave = try self.xsave()
+        let xcrs = try self.xcrs()
+        let lapic = vm.hasIRQChip ? try self.lapic() : nil
+        let msrs = try saveableMSRValues()
+        let debug = try debugRegisters()
+        let cpuid = try self.cpuid()
+        return VCPUState(registers: regs, specialRegisters: sregs, xsave: xsave, xcrs: xcrs, lapic: lapic,
+                         msrs: msrs, events: events, mpState: mp, debugRegisters: debug, cpuid: cpuid)
+    }
+
+    /// Writes `state` into this vCPU (normally a fresh one of a fresh VM).
+    ///
+    /// An MSR that KVM refuses is accepted only if this vCPU already holds the saved
+    /// value (some hosts list MSRs they do not let user space write); otherwise
+    /// `KVMError.msrRejected` names it.
+    public func restoreState(_ state: VCPUState) throws(KVMError) {
+        try setCPUID(state.cpuid)
+        try setSpecialRegisters(state.specialRegisters)
+        try restoreMSRs(state.msrs)
+        try setRegisters(state.registers)
+        try setXCRS(state.xcrs)
+        try setXSave(state.xsave)
+        try setDebugRegisters(state.debugRegisters)
+        if let lapic = state.lapic {
+            guard vm.hasIRQChip else { throw .invalidArgument("saved state has a LAPIC but this VM has no irqchip") }
+            try setLAPIC(lapic)
+        }
+        try setMPState(state.mpState)
+        try setEvents(state.events)
+    }
+
+    /// Reads every saveable MSR, learning on first use which of KVM's list this vCPU can read.
+    func saveableMSRValues() throws(KVMError) -> [MSR] {
+        if let known = readableMSRs.withLock({ $0 }) { return try msrs(known) }
+        var candidates = try vm.kvm.saveableMSRs()
+        var values: [MSR] = []
+        while !candidates.isEmpty {
+            let read = try msrs(candidates)
+            values += read
+            candidates.removeFirst(min(read.count + 1, candidates.count))   // skip the unreadable one
+        }
+        let readable = values.map(\.index)
+        readableMSRs.withLock { $0 = readable }
+        return values
+    }
+
+    func restoreMSRs(_ saved: [MSR]) throws(KVMError) {
+        var remaining = saved[...]
+        while !remaining.isEmpty {
+            let written = try setMSRs(Array(remaining))
+            remaining = remaining.dropFirst(written)
+            guard let refused = remaining.first else { break }
+            let current = try msrs([refused.index]).first?.value
+            guard current == refused.value else {
+                throw .msrRejected(index: refused.index, saved: refused.value, current: current ?? 0)
+            }
+            remaining = remaining.dropFirst()
+        }
+    }
+}

@@ -1,0 +1,94 @@
+import Foundation
+import KVM
+import TestGuests
+import Testing
+
+/// A CPL3 guest computes a long deterministic sequence; another thread interrupts
+/// it; its memory and full vCPU + VM state go through bytes into a brand-new VM
+/// (new /dev/kvm descriptor, new VM, new vCPU, new memory); there it finishes with
+/// exactly the result of an uninterrupted run.
+@Suite("State round trip", .enabled(if: KVMAvailability.available, "needs /dev/kvm"))
+struct StateRoundTripTests {
+    static let iterations = 60_000_000
+    static let mask = (1 << 17) - 1            // 1 MiB of qwords
+    static let memorySize = 8 << 20
+    static let reference = ComputeReference.run(iterations: iterations, mask: mask)
+
+    /// Reads the three MMIO results (rax, xmm0 low, xmm0 high) the guest reports on finishing.
+    static func results(_ machine: TestMachine) throws -> [UInt64] {
+        try (0..<3).map { _ in try machine.runToMMIO().data }
+    }
+
+    static func expectMatchesReference(_ machine: TestMachine, results: [UInt64]) {
+        let reference = Self.reference
+        #expect(results == [reference.rax, reference.xmmLow, reference.xmmHigh])
+        let buffer = UnsafeRawPointer(machine.memory.base + Int(TestMachine.dataAddress))
+            .bindMemory(to: UInt64.self, capacity: mask + 1)
+        #expect(UnsafeBufferPointer(start: buffer, count: mask + 1).elementsEqual(reference.buffer),
+                "guest memory differs from the reference")
+    }
+
+    @Test(arguments: [3, 17, 40, 75, 110])
+    func interruptCaptureRestoreResume(delayMilliseconds: Int) throws {
+        let original = try TestMachine(memorySize: Self.memorySize, irqchip: true)
+        try original.start(GuestCode.compute, rdi: UInt64(Self.iterations), rsi: TestMachine.dataAddress,
+                           rdx: UInt64(Self.mask))
+        let runner = ThreadRunner { try original.vcpu.run() }
+        usleep(useconds_t(delayMilliseconds * 1000))
+        original.vcpu.requestExit()
+        let exit = try runner.join()
+        try #require(exit == .interrupted, "the guest finished before it was interrupted (\(exit))")
+        let progress = try original.vcpu.registers().rcx
+        try #require(progress > 0 && progress < UInt64(Self.iterations), "interrupted at iteration \(progress)")
+
+        // Capture everything as bytes.
+        let vcpuBytes = try original.vcpu.captureState().encoded()
+        let vmBytes = try original.vm.captureState().encoded()
+        let memoryBytes = Array(original.memory.bytes)
+
+        // A brand-new VM from the bytes alone.
+        let kvm = try KVM()
+        let vm = try kvm.createVM()
+        try vm.setTSSAddress(0xFFFB_D000)
+        try vm.createIRQChip()
+        try vm.createPIT2()
+        let memory = try SharedMemory(size: Self.memorySize)
+        memory.bytes.copyBytes(from: memoryBytes)
+        try vm.setUserMemoryRegion(MemoryRegion(slot: 0, guestPhysicalAddress: 0, memory: memory))
+        let vcpu = try vm.createVCPU(id: 0)
+        try vcpu.restoreState(VCPUState(decoding: vcpuBytes))
+        try vm.restoreState(VMState(decoding: vmBytes))
+        #expect(try vcpu.registers().rcx == progress)
+
+        let restored = TestMachine(adopting: kvm, vm: vm, memory: memory, vcpu: vcpu)
+        Self.expectMatchesReference(restored, results: try Self.results(restored))
+
+        // The original, with its exit request withdrawn, also goes back in and finishes the same.
+        original.vcpu.clearExitRequest()
+        Self.expectMatchesReference(original, results: try Self.results(original))
+    }
+
+    @Test func uninterruptedRunMatchesReference() throws {
+        let machine = try TestMachine(memorySize: Self.memorySize)
+        try machine.start(GuestCode.compute, rdi: UInt64(Self.iterations), rsi: TestMachine.dataAddress,
+                          rdx: UInt64(Self.mask))
+        Self.expectMatchesReference(machine, results: try Self.results(machine))
+    }
+
+    /// Capturing twice without running in between yields identical bytes; so does
+    /// capturing from the restored vCPU (everything KVM holds went across).
+    @Test func captureIsStableAndRestoreIsComplete() throws {
+        let machine = try TestMachine(memorySize: Self.memorySize, irqchip: true)
+        try machine.start(GuestCode.compute, rdi: 100_000, rsi: TestMachine.dataAddress, rdx: UInt64(Self.mask))
+        _ = try machine.runToMMIO()
+        var first = try machine.vcpu.captureState()
+        let second = try machine.vcpu.captureState()
+        first.msrs.removeAll { $0.index == 0x10 }          // the TSC moves on between captures
+        var withoutTSC = second
+        withoutTSC.msrs.removeAll { $0.index == 0x10 }
+        #expect(first == withoutTSC)
+        #expect(second.msrs.contains { $0.index == 0x10 }, "the TSC is part of the state")
+        #expect(second.lapic != nil)
+        #expect(try VCPUState(decoding: second.encoded()) == second)
+    }
+}
