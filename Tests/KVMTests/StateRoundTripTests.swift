@@ -89,6 +89,7 @@ struct StateRoundTripTests {
         #expect(first == withoutTSC)
         #expect(second.msrs.contains { $0.index == 0x10 }, "the TSC is part of the state")
         #expect(second.lapic != nil)
+        print("vCPU state: \(second.msrs.count) MSRs, XSAVE area \(second.xsave.count) bytes, \(second.cpuid.entries.count) CPUID entries, \(second.encoded().count) bytes encoded")
         #expect(try VCPUState(decoding: second.encoded()) == second)
     }
 }
