@@ -6,8 +6,12 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "KVM", targets: ["KVM"]),
+        .library(name: "MicroVM", targets: ["MicroVM"]),
+        .executable(name: "understudy-primary", targets: ["understudy-primary"]),
     ],
     dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.1", traits: ["MallocInterposer"]),
     ],
     targets: [
@@ -19,11 +23,24 @@ let package = Package(
         // Safe KVM bindings, no policy.
         .target(name: "KVM", dependencies: ["CKVM"]),
 
+        // The reference VMM.
+        .target(name: "MicroVM", dependencies: ["KVM", .product(name: "Logging", package: "swift-log")]),
+
+        .executableTarget(
+            name: "understudy-primary",
+            dependencies: [
+                "MicroVM",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+
         // Tiny guest programs (machine code) and the long-mode setup they need,
         // shared by the tests and the benchmarks.
         .target(name: "TestGuests", dependencies: ["KVM"], path: "Tests/TestGuests"),
 
         .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM", "TestGuests"]),
+        .testTarget(name: "MicroVMTests", dependencies: ["MicroVM", "KVM"]),
         .testTarget(name: "CompressionLinkTests", dependencies: ["CLZ4", "CZstd"]),
 
         .executableTarget(

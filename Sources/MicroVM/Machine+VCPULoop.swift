@@ -1,0 +1,151 @@
+import Foundation
+import KVM
+
+extension Machine {
+    /// The body of vCPU thread `index`: run, dispatch exits to devices, park on
+    /// pause, end on stop. Nothing a guest does can crash it: every bad exit ends
+    /// the machine with a reason.
+    func vcpuLoop(_ index: Int) {
+        let vcpu = vcpus[index]
+        // An MMIO or I/O exit is only complete once KVM_RUN is entered again; a
+        // pause must do that (with immediate_exit set) before parking.
+        var exitInFlight = false
+        defer {
+            condition.lock()
+            threadsAlive -= 1
+            condition.broadcast()
+            condition.unlock()
+        }
+        while true {
+            condition.lock()
+            if stopping {
+                condition.unlock()
+                return
+            }
+            if pauseRequested {
+                if exitInFlight {
+                    condition.unlock()
+                    exitInFlight = false
+                    do {
+                        let exit = try vcpu.run()
+                        if exit != .interrupted {
+                            // immediate_exit was cleared under us: a resume raced the pause. Handle normally.
+                            guard handle(exit, vcpu: vcpu, index: index, exitInFlight: &exitInFlight) else { return }
+                        }
+                    } catch {
+                        stop(.hostError(vcpu: index, error: "\(error)"))
+                        return
+                    }
+                    continue
+                }
+                parked += 1
+                condition.broadcast()
+                while pauseRequested && !stopping { condition.wait() }
+                parked -= 1
+                condition.unlock()
+                continue
+            }
+            condition.unlock()
+
+            let exit: VCPUExit
+            do {
+                exit = try vcpu.run()
+            } catch {
+                stop(.hostError(vcpu: index, error: "\(error)"))
+                return
+            }
+            guard handle(exit, vcpu: vcpu, index: index, exitInFlight: &exitInFlight) else { return }
+        }
+    }
+
+    /// Handles one exit. Returns false when the thread must end.
+    private func handle(_ exit: VCPUExit, vcpu: VCPU, index: Int, exitInFlight: inout Bool) -> Bool {
+        switch exit {
+        case .interrupted, .signalPending:
+            exitInFlight = false
+            return true
+        case .mmio(let access):
+            exitInFlight = true
+            return handleMMIO(access, vcpu: vcpu, index: index)
+        case .hlt:
+            return true                     // with an in-kernel LAPIC, HLT does not normally reach us
+        case .dirtyRingFull:
+            if let handler = onDirtyRingFull {
+                handler(vcpu)
+                return true
+            }
+            stop(.unexpectedExit(vcpu: index, exit: "dirty ring full with no handler"))
+            return false
+        case .shutdown:
+            stop(.shutdown(vcpu: index))
+        case .internalError(let suberror, _):
+            stop(.internalError(vcpu: index, suberror: suberror))
+        case .failEntry(let reason, _):
+            stop(.failEntry(vcpu: index, reason: reason))
+        case .io(let io):
+            stop(.unexpectedExit(vcpu: index, exit: "port I/O \(io.direction) 0x\(String(io.port, radix: 16))"))
+        case .systemEvent(let type, _):
+            stop(.unexpectedExit(vcpu: index, exit: "system event \(type)"))
+        case .unknown(let reason):
+            stop(.unexpectedExit(vcpu: index, exit: "unknown exit reason \(reason)"))
+        }
+        return false
+    }
+
+    private func device(at address: UInt64, length: Int) -> (any MMIODevice)? {
+        devices.first { address >= $0.base && address - $0.base + UInt64(length) <= $0.size }
+    }
+
+    private func handleMMIO(_ access: MMIOAccess, vcpu: VCPU, index: Int) -> Bool {
+        guard let device = device(at: access.address, length: access.length) else {
+            stop(.badAccess(vcpu: index, address: access.address, isWrite: access.isWrite))
+            return false
+        }
+        let offset = access.address - device.base
+        guard access.isWrite else {
+            vcpu.setMMIOReadData(device.read(offset: offset, length: access.length))
+            return true
+        }
+        switch device.write(offset: offset, length: access.length, value: access.data) {
+        case .none:
+            return true
+        case .wait(let nanoseconds):
+            waitForEvent(nanoseconds: nanoseconds)
+            return true
+        case .exit(let code):
+            stop(.guestExit(code: code))
+            return false
+        case .puts(let address):
+            guard let text = guestString(at: address) else {
+                stop(.badAccess(vcpu: index, address: address, isWrite: false))
+                return false
+            }
+            serial.transmit(text)
+            return true
+        }
+    }
+
+    /// Blocks the calling vCPU thread until a doorbell event, the deadline, a pause or a stop.
+    private func waitForEvent(nanoseconds: UInt64) {
+        let deadline = nanoseconds == 0 ? nil : Date().addingTimeInterval(Double(nanoseconds) / 1e9)
+        condition.lock()
+        defer { condition.unlock() }
+        while !stopping && !pauseRequested && doorbell.pendingEvents == 0 {
+            if let deadline {
+                if !condition.wait(until: deadline) { return }
+            } else {
+                condition.wait()
+            }
+        }
+    }
+
+    /// The NUL-terminated string (at most 4 KiB) at guest-physical `address`, or nil
+    /// when it leaves RAM or has no terminator.
+    func guestString(at address: UInt64, limit: Int = 4096) -> [UInt8]? {
+        guard address < UInt64(memory.size) else { return nil }
+        let available = min(limit, memory.size - Int(address))
+        let bytes = UnsafeRawBufferPointer(start: memory.base + Int(address), count: available)
+        guard let end = bytes.firstIndex(of: 0) else { return nil }
+        return Array(bytes[..<end])
+    }
+}

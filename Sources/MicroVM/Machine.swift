@@ -1,0 +1,320 @@
+import Foundation
+import KVM
+import Logging
+
+/// The reference VMM: a KVM guest with vCPU threads, MMIO devices (serial,
+/// doorbell), an in-kernel irqchip and PIT, pause/resume, and whole-machine
+/// save/restore.
+///
+/// ```swift
+/// let machine = try Machine(configuration: .init(vcpuCount: 2, commandLine: "pages=16 every=1000"),
+///                           console: { bytes in FileHandle.standardOutput.write(Data(bytes)) })
+/// try machine.start()
+/// let pause = try machine.pause()            // every vCPU parked out of KVM_RUN
+/// let state = try machine.saveState()        // versioned bytes; memory is `machine.memory`
+/// try machine.resume()
+/// let reason = machine.waitUntilStopped()    // .guestExit(code:), .shutdown(vcpu:), ...
+/// ```
+///
+/// A machine rebuilt with `init(restoring:memory:console:)` continues exactly where
+/// the saved one was paused.
+public final class Machine: @unchecked Sendable {
+    public let configuration: MachineConfiguration
+    public let kvm: KVM
+    public let vm: VirtualMachine
+    /// Guest RAM (a memfd: another process can map the same bytes).
+    public let memory: SharedMemory
+    /// The KVM memory slots over `memory`.
+    public private(set) var slots: [MemoryRegion]
+    public let vcpus: [VCPU]
+    public let serial: Serial
+    public let doorbell: Doorbell
+    let devices: [any MMIODevice]
+    let logger: Logger
+
+    /// Called on a vCPU thread when its dirty ring is full; must harvest and reset
+    /// the rings before returning. Without it a full ring stops the machine.
+    public var onDirtyRingFull: (@Sendable (VCPU) -> Void)?
+
+    // Lifecycle, guarded by `condition`.
+    enum Phase: Equatable { case created, running, paused, stopped }
+    let condition = NSCondition()
+    var phase = Phase.created
+    var pauseRequested = false
+    var stopping = false
+    var parked = 0
+    var threadsAlive = 0
+    var reason: StopReason?
+    var threads: [pthread_t] = []
+
+    // MARK: building
+
+    /// Builds a machine that boots `configuration.image` from scratch.
+    public convenience init(configuration: MachineConfiguration,
+                            console: @escaping @Sendable ([UInt8]) -> Void,
+                            logger: Logger = Logger(label: "microvm")) throws(MachineError) {
+        try configuration.validate()
+        let memory: SharedMemory
+        do { memory = try SharedMemory(size: Int(configuration.memorySize), name: "microvm-ram") } catch { throw .kvm(error) }
+        try self.init(configuration: configuration, memory: memory, console: console, logger: logger)
+        try boot()
+    }
+
+    /// Builds a machine from `saveState()` bytes and the saved machine's memory
+    /// (the same memfd, or a copy). The machine is ready to `start()`.
+    public convenience init(restoring state: [UInt8], memory: SharedMemory,
+                            console: @escaping @Sendable ([UInt8]) -> Void,
+                            logger: Logger = Logger(label: "microvm")) throws(MachineError) {
+        let saved = try MachineState(decoding: state)
+        guard UInt64(memory.size) == saved.memorySize else {
+            throw .invalidState(part: "machine header", reason: "memory is \(memory.size) bytes, state expects \(saved.memorySize)")
+        }
+        var configuration = MachineConfiguration(vcpuCount: saved.vcpuStates.count, memorySize: saved.memorySize,
+                                                 maxSlotSize: saved.maxSlotSize, image: GuestImage(raw: [], loadAddress: 0),
+                                                 commandLine: "", dirtyTracking: saved.dirtyTracking)
+        configuration.commandLine = ""
+        try configuration.validate()
+        try self.init(configuration: configuration, memory: memory, console: console, logger: logger)
+        try restore(saved)
+    }
+
+    private init(configuration: MachineConfiguration, memory: SharedMemory,
+                 console: @escaping @Sendable ([UInt8]) -> Void, logger: Logger) throws(MachineError) {
+        self.configuration = configuration
+        self.memory = memory
+        self.logger = logger
+        do {
+            kvm = try KVM()
+            vm = try kvm.createVM()
+            switch configuration.dirtyTracking {
+            case .none: break
+            case .bitmap: try vm.enableManualDirtyLogProtect()
+            case .ring(let entries): try vm.enableDirtyRing(entries: entries)
+            }
+            try vm.setTSSAddress(0xFFFB_D000)
+            try vm.setIdentityMapAddress(0xFFFB_C000)
+            try vm.createIRQChip()
+            try vm.createPIT2()
+            slots = Self.slots(memory: memory, maxSlotSize: configuration.maxSlotSize,
+                               logDirtyPages: configuration.dirtyTracking != .none)
+            for slot in slots { try vm.setUserMemoryRegion(slot) }
+            var vcpus: [VCPU] = []
+            for index in 0..<configuration.vcpuCount { vcpus.append(try vm.createVCPU(id: UInt32(index))) }
+            self.vcpus = vcpus
+        } catch {
+            throw .kvm(error)
+        }
+        let condition = self.condition
+        serial = Serial(base: GuestLayout.serialBase, output: console)
+        doorbell = Doorbell(base: GuestLayout.doorbellBase) {
+            condition.lock()
+            condition.broadcast()
+            condition.unlock()
+        }
+        devices = [serial, doorbell]
+    }
+
+    deinit {
+        stop(.requested)
+        joinThreads()
+    }
+
+    static func slots(memory: SharedMemory, maxSlotSize: UInt64, logDirtyPages: Bool) -> [MemoryRegion] {
+        var slots: [MemoryRegion] = []
+        var offset: UInt64 = 0
+        let host = UInt64(UInt(bitPattern: memory.base))
+        while offset < UInt64(memory.size) {
+            let size = min(maxSlotSize, UInt64(memory.size) - offset)
+            slots.append(MemoryRegion(slot: UInt32(slots.count), guestPhysicalAddress: offset, size: size,
+                                      hostAddress: host + offset, logDirtyPages: logDirtyPages))
+            offset += size
+        }
+        return slots
+    }
+
+    /// Loads the image, writes page tables and the boot-info page, and points every
+    /// vCPU at the entry in 64-bit user mode.
+    private func boot() throws(MachineError) {
+        let image = configuration.image
+        var end = GuestLayout.imageBase
+        for segment in image.segments {
+            guard segment.address >= GuestLayout.imageBase,
+                  segment.memorySize <= configuration.memorySize,
+                  segment.address <= configuration.memorySize - segment.memorySize else {
+                throw .image(.outOfBounds("segment at 0x\(String(segment.address, radix: 16)) of \(segment.memorySize) bytes outside RAM 0x\(String(GuestLayout.imageBase, radix: 16))..0x\(String(configuration.memorySize, radix: 16))"))
+            }
+            let start = Int(segment.address)
+            memory.bytes[start..<(start + Int(segment.memorySize))].initializeMemory(as: UInt8.self, repeating: 0)
+            memory.bytes[start..<(start + segment.data.count)].copyBytes(from: segment.data)
+            end = max(end, segment.address + segment.memorySize)
+        }
+        guard image.segments.contains(where: { image.entry >= $0.address && image.entry < $0.address + $0.memorySize }) else {
+            throw .image(.outOfBounds("entry point 0x\(String(image.entry, radix: 16)) is not in a loaded segment"))
+        }
+        GuestLayout.writeSystemTables(into: memory)
+        do {
+            let info = BootInfo(vcpuCount: vcpus.count, memorySize: configuration.memorySize,
+                                tscKHz: UInt64(try vcpus[0].tscKHz()), serialBase: GuestLayout.serialBase,
+                                doorbellBase: GuestLayout.doorbellBase, freeMemoryBase: (end + 4095) & ~4095,
+                                commandLine: configuration.commandLine)
+            memory.bytes[Int(GuestLayout.bootInfo)..<Int(GuestLayout.bootInfo + 4096)].copyBytes(from: info.encoded())
+            let cpuid = try kvm.supportedCPUID()
+            for (index, vcpu) in vcpus.enumerated() {
+                try vcpu.setCPUID(cpuid)
+                try vcpu.setSpecialRegisters(GuestLayout.userModeSpecialRegisters(vcpu.specialRegisters()))
+                var regs = kvm_regs()
+                regs.rip = image.entry
+                regs.rsp = GuestLayout.stackTop(vcpu: index)
+                regs.rflags = 2
+                regs.rdi = GuestLayout.bootInfo
+                regs.rsi = UInt64(index)
+                try vcpu.setRegisters(regs)
+                // With an in-kernel LAPIC, vCPUs other than the first wait for a SIPI; ours start at once.
+                try vcpu.setMPState(kvm_mp_state(mp_state: UInt32(KVM_MP_STATE_RUNNABLE)))
+            }
+        } catch {
+            throw .kvm(error)
+        }
+    }
+
+    // MARK: dirty logging
+
+    /// Switches KVM's dirty logging for every slot on or off while the machine exists.
+    public func setDirtyLogging(_ enabled: Bool) throws(MachineError) {
+        guard configuration.dirtyTracking != .none || !enabled else {
+            throw .invalidConfiguration("dirty logging needs a dirty-tracking mode chosen at build time")
+        }
+        var updated = slots
+        for index in updated.indices { updated[index].logDirtyPages = enabled }
+        do { for slot in updated { try vm.setUserMemoryRegion(slot) } } catch { throw .kvm(error) }
+        slots = updated
+    }
+
+    // MARK: lifecycle
+
+    /// Starts one thread per vCPU. The machine runs until stopped or the guest ends.
+    public func start() throws(MachineError) {
+        condition.lock()
+        defer { condition.unlock() }
+        guard phase == .created else { throw .wrongState("start: the machine was already started") }
+        for index in vcpus.indices {
+            let box = Unmanaged.passRetained(VCPUThreadContext(machine: self, index: index))
+            var thread = pthread_t()
+            let result = pthread_create(&thread, nil, { raw in
+                let context = Unmanaged<VCPUThreadContext>.fromOpaque(raw!).takeRetainedValue()
+                context.machine.vcpuLoop(context.index)
+                return nil
+            }, box.toOpaque())
+            guard result == 0 else {
+                box.release()
+                stopLocked(.hostError(vcpu: index, error: "pthread_create failed (errno \(result))"))
+                throw .thread(errno: result)
+            }
+            threads.append(thread)
+            threadsAlive += 1
+        }
+        phase = .running
+    }
+
+    /// Stops every vCPU out of KVM_RUN and parks it (any MMIO or I/O in flight is
+    /// completed first, so devices are quiescent). Returns how long that took.
+    @discardableResult
+    public func pause() throws(MachineError) -> Duration {
+        let clock = ContinuousClock()
+        let started = clock.now
+        condition.lock()
+        defer { condition.unlock() }
+        guard phase == .running else { throw .wrongState("pause: the machine is not running (\(phase))") }
+        pauseRequested = true
+        for vcpu in vcpus { vcpu.requestExit() }
+        condition.broadcast()
+        while parked < threadsAlive { condition.wait() }
+        phase = stopping ? .stopped : .paused
+        return clock.now - started
+    }
+
+    /// Lets the parked vCPUs run again. Returns how long it took to release them.
+    @discardableResult
+    public func resume() throws(MachineError) -> Duration {
+        let clock = ContinuousClock()
+        let started = clock.now
+        condition.lock()
+        defer { condition.unlock() }
+        guard phase == .paused else { throw .wrongState("resume: the machine is not paused (\(phase))") }
+        pauseRequested = false
+        for vcpu in vcpus { vcpu.clearExitRequest() }
+        phase = .running
+        condition.broadcast()
+        return clock.now - started
+    }
+
+    /// Asks the machine to stop; returns at once. `waitUntilStopped()` waits for it.
+    public func requestStop() { stop(.requested) }
+
+    /// Waits until every vCPU thread has ended (up to `timeout`), joins them, and
+    /// returns why the machine stopped, or nil if it is still running at the timeout.
+    public func waitUntilStopped(timeout: Duration? = nil) -> StopReason? {
+        let deadline = timeout.map { Date().addingTimeInterval(Double($0.components.seconds) + Double($0.components.attoseconds) / 1e18) }
+        condition.lock()
+        while !(stopping && threadsAlive == 0) && !(phase == .created && stopping) {
+            if let deadline {
+                if !condition.wait(until: deadline) { break }
+            } else {
+                condition.wait()
+            }
+        }
+        let done = stopping && threadsAlive == 0
+        let result = done ? reason : nil
+        condition.unlock()
+        if done { joinThreads() }
+        return result
+    }
+
+    /// Why the machine stopped, once it has.
+    public var stopReason: StopReason? {
+        condition.lock()
+        defer { condition.unlock() }
+        return reason
+    }
+
+    /// Whether every vCPU is parked by `pause()`.
+    public var isPaused: Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        return phase == .paused
+    }
+
+    func stop(_ why: StopReason) {
+        condition.lock()
+        stopLocked(why)
+        condition.unlock()
+    }
+
+    func stopLocked(_ why: StopReason) {
+        if reason == nil {
+            reason = why
+            if why != .requested { logger.notice("machine stopping: \(why)") }
+        }
+        stopping = true
+        for vcpu in vcpus { vcpu.requestExit() }
+        condition.broadcast()
+    }
+
+    private func joinThreads() {
+        condition.lock()
+        let toJoin = threads
+        threads = []
+        condition.unlock()
+        for thread in toJoin { pthread_join(thread, nil) }
+    }
+}
+
+/// What a vCPU thread is handed at creation.
+final class VCPUThreadContext: @unchecked Sendable {
+    let machine: Machine
+    let index: Int
+    init(machine: Machine, index: Int) {
+        self.machine = machine
+        self.index = index
+    }
+}
