@@ -293,7 +293,10 @@ public final class Machine: @unchecked Sendable {
     func stopLocked(_ why: StopReason) {
         if reason == nil {
             reason = why
-            if why != .requested { logger.notice("machine stopping: \(why)") }
+            switch why {
+            case .requested, .guestExit: logger.debug("machine stopping: \(why)")
+            default: logger.notice("machine stopping: \(why)")
+            }
         }
         stopping = true
         for vcpu in vcpus { vcpu.requestExit() }
