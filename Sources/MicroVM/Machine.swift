@@ -55,7 +55,7 @@ public final class Machine: @unchecked Sendable {
                             logger: Logger = Logger(label: "microvm")) throws(MachineError) {
         try configuration.validate()
         let memory: SharedMemory
-        do { memory = try SharedMemory(size: Int(configuration.memorySize), name: "microvm-ram") } catch { throw .kvm(error) }
+        do { memory = try SharedMemory(size: Int(configuration.memorySize), name: "\(configuration.name)-ram") } catch { throw .kvm(error) }
         try self.init(configuration: configuration, memory: memory, console: console, logger: logger)
         try boot()
     }

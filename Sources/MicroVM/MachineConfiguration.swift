@@ -22,8 +22,10 @@ public struct MachineConfiguration: Sendable, Equatable {
     /// The boot-info command line (at most 2047 bytes).
     public var commandLine: String
     public var dirtyTracking: DirtyTracking
+    /// A name for logs and for the guest-RAM memfd (`/proc/<pid>/fd` shows `memfd:<name>`).
+    public var name: String
 
-    public init(vcpuCount: Int = 1, memorySize: UInt64 = 256 << 20, maxSlotSize: UInt64 = 1 << 30,
+    public init(name: String = "microvm", vcpuCount: Int = 1, memorySize: UInt64 = 256 << 20, maxSlotSize: UInt64 = 1 << 30,
                 image: GuestImage = .workload, commandLine: String = "", dirtyTracking: DirtyTracking = .none) {
         self.vcpuCount = vcpuCount
         self.memorySize = memorySize
@@ -31,6 +33,7 @@ public struct MachineConfiguration: Sendable, Equatable {
         self.image = image
         self.commandLine = commandLine
         self.dirtyTracking = dirtyTracking
+        self.name = name
     }
 
     /// Checks the values that do not depend on the host.
