@@ -52,5 +52,14 @@ let package = Package(
             path: "Benchmarks/KVMBenchmarks",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
         ),
+        .executableTarget(
+            name: "MicroVMBenchmarks",
+            dependencies: [
+                "KVM", "MicroVM",
+                .product(name: "Benchmark", package: "benchmark"),
+            ],
+            path: "Benchmarks/MicroVMBenchmarks",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+        ),
     ]
 )

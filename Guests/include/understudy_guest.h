@@ -46,6 +46,7 @@ struct boot_info {
  */
 #define DOORBELL_WAIT_NS 0x00
 #define DOORBELL_EVENTS  0x08
+#define DOORBELL_EVENT_SERIAL_INPUT (1u << 0) /* bytes wait in the UART receive queue */
 #define DOORBELL_EXIT    0x10
 #define DOORBELL_PUTS    0x18
 

@@ -13,6 +13,21 @@ public enum ConsoleRunner {
         case snapshot(path: String)
     }
 
+    /// Sends what arrives on standard input to the guest's serial port and raises
+    /// the doorbell's serial-input event, from a background thread, until EOF.
+    static func forwardStandardInput(to machine: Machine) {
+        let thread = Thread { [weak machine] in
+            let input = FileHandle.standardInput
+            while true {
+                let data = input.availableData
+                guard !data.isEmpty, let machine else { return }
+                machine.serial.receive([UInt8](data))
+                machine.doorbell.raise(Doorbell.Event.serialInput)
+            }
+        }
+        thread.start()
+    }
+
     /// Runs to the end. Returns the process exit status: the guest's exit code
     /// (clamped to 0...255), 0 after a signal, 1 when the machine failed.
     public static func run(_ source: Source, logger: Logger) throws(MachineError) -> Int32 {
@@ -46,6 +61,7 @@ public enum ConsoleRunner {
         defer { sources.forEach { $0.cancel() } }
 
         try machine.start()
+        forwardStandardInput(to: machine)
         let reason = machine.waitUntilStopped() ?? .requested
         switch reason {
         case .guestExit(let code):

@@ -21,6 +21,12 @@ public final class Doorbell: MMIODevice, @unchecked Sendable {
         case waitNanoseconds = 0x00, events = 0x08, exit = 0x10, puts = 0x18
     }
 
+    /// Event bits MicroVM raises.
+    public enum Event {
+        /// Bytes are waiting in the serial port's receive queue.
+        public static let serialInput: UInt64 = 1 << 0
+    }
+
     private let pending = Mutex<UInt64>(0)
     private let wake: @Sendable () -> Void
 
