@@ -1,2 +1,21 @@
-// The shim is header-only; this file gives SwiftPM a C target to build.
+// Out-of-line parts of the shim: those whose headers cannot be in the module map.
 #include "CKVM.h"
+#include <fcntl.h>
+#include <net/if.h>
+#include <linux/if_tun.h>
+
+int ckvm_tap_open(const char *name) {
+    int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) return -1;
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    ifr.ifr_flags = IFF_TAP | IFF_NO_PI;
+    strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
+    if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    return fd;
+}

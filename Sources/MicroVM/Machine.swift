@@ -27,8 +27,14 @@ public final class Machine: @unchecked Sendable {
     /// The KVM memory slots over `memory`.
     public private(set) var slots: [MemoryRegion]
     public let vcpus: [VCPU]
+    /// Bounds-checked access to RAM for the VMM's own writes, which it records.
+    public let guestMemory: GuestMemory
     public let serial: Serial
     public let doorbell: Doorbell
+    /// The network card, when configured.
+    public let net: VirtioNet?
+    /// The disk, when configured.
+    public let block: VirtioBlock?
     let devices: [any MMIODevice]
     let logger: Logger
 
@@ -62,7 +68,10 @@ public final class Machine: @unchecked Sendable {
 
     /// Builds a machine from `saveState()` bytes and the saved machine's memory
     /// (the same memfd, or a copy). The machine is ready to `start()`.
+    /// Host devices are not part of the state: pass the tap and disk the restored
+    /// machine should use (it must have the same devices as the saved one).
     public convenience init(restoring state: [UInt8], memory: SharedMemory,
+                            network: NetworkConfiguration? = nil, disk: DiskConfiguration? = nil,
                             console: @escaping @Sendable ([UInt8]) -> Void,
                             logger: Logger = Logger(label: "microvm")) throws(MachineError) {
         let saved = try MachineState(decoding: state)
@@ -72,7 +81,11 @@ public final class Machine: @unchecked Sendable {
         var configuration = MachineConfiguration(vcpuCount: saved.vcpuStates.count, memorySize: saved.memorySize,
                                                  maxSlotSize: saved.maxSlotSize, image: GuestImage(raw: [], loadAddress: 0),
                                                  commandLine: "", dirtyTracking: saved.dirtyTracking)
-        configuration.commandLine = ""
+        configuration.network = network
+        configuration.disk = disk
+        guard saved.hasNetwork == (network != nil), saved.hasDisk == (disk != nil) else {
+            throw .invalidState(part: "machine header", reason: "the saved machine had \(saved.hasNetwork ? "a" : "no") network card and \(saved.hasDisk ? "a" : "no") disk; configure the same")
+        }
         try configuration.validate()
         try self.init(configuration: configuration, memory: memory, console: console, logger: logger)
         try restore(saved)
@@ -106,12 +119,26 @@ public final class Machine: @unchecked Sendable {
         }
         let condition = self.condition
         serial = Serial(base: GuestLayout.serialBase, output: console)
-        doorbell = Doorbell(base: GuestLayout.doorbellBase) {
+        let doorbell = Doorbell(base: GuestLayout.doorbellBase) {
             condition.lock()
             condition.broadcast()
             condition.unlock()
         }
-        devices = [serial, doorbell]
+        self.doorbell = doorbell
+        guestMemory = GuestMemory(memory)
+        if let network = configuration.network {
+            net = VirtioNet(base: GuestLayout.virtioNetBase, memory: guestMemory, mac: network.mac,
+                            tap: try Tap(name: network.tap), logger: logger) { doorbell.raise(Doorbell.Event.network) }
+        } else {
+            net = nil
+        }
+        if let disk = configuration.disk {
+            block = try VirtioBlock(base: GuestLayout.virtioBlockBase, memory: guestMemory, path: disk.path,
+                                    readOnly: disk.readOnly, logger: logger) { doorbell.raise(Doorbell.Event.disk) }
+        } else {
+            block = nil
+        }
+        devices = [serial, doorbell] + [net as (any MMIODevice)?, block].compactMap { $0 }
     }
 
     deinit {
@@ -156,7 +183,8 @@ public final class Machine: @unchecked Sendable {
             let info = BootInfo(vcpuCount: vcpus.count, memorySize: configuration.memorySize,
                                 tscKHz: UInt64(try vcpus[0].tscKHz()), serialBase: GuestLayout.serialBase,
                                 doorbellBase: GuestLayout.doorbellBase, freeMemoryBase: (end + 4095) & ~4095,
-                                commandLine: configuration.commandLine)
+                                commandLine: configuration.commandLine,
+                                devices: [net, block].compactMap { $0 }.map { (type: $0.deviceID, base: $0.base, size: $0.size) })
             memory.bytes[Int(GuestLayout.bootInfo)..<Int(GuestLayout.bootInfo + 4096)].copyBytes(from: info.encoded())
             let cpuid = try kvm.supportedCPUID()
             for (index, vcpu) in vcpus.enumerated() {
@@ -213,6 +241,7 @@ public final class Machine: @unchecked Sendable {
             threads.append(thread)
             threadsAlive += 1
         }
+        net?.startReceiving()
         phase = .running
     }
 
@@ -229,6 +258,7 @@ public final class Machine: @unchecked Sendable {
         for vcpu in vcpus { vcpu.requestExit() }
         condition.broadcast()
         while parked < threadsAlive { condition.wait() }
+        for device in devices { device.setQuiesced(true) }
         phase = stopping ? .stopped : .paused
         return clock.now - started
     }
@@ -242,6 +272,7 @@ public final class Machine: @unchecked Sendable {
         defer { condition.unlock() }
         guard phase == .paused else { throw .wrongState("resume: the machine is not paused (\(phase))") }
         pauseRequested = false
+        for device in devices { device.setQuiesced(false) }
         for vcpu in vcpus { vcpu.clearExitRequest() }
         phase = .running
         condition.broadcast()
@@ -309,6 +340,7 @@ public final class Machine: @unchecked Sendable {
         threads = []
         condition.unlock()
         for thread in toJoin { pthread_join(thread, nil) }
+        for device in devices { device.shutdown() }
     }
 }
 

@@ -22,6 +22,10 @@ public struct MachineConfiguration: Sendable, Equatable {
     /// The boot-info command line (at most 2047 bytes).
     public var commandLine: String
     public var dirtyTracking: DirtyTracking
+    /// A virtio-net device on a tap interface, if any.
+    public var network: NetworkConfiguration?
+    /// A virtio-blk device on a file, if any.
+    public var disk: DiskConfiguration?
     /// A name for logs and for the guest-RAM memfd (`/proc/<pid>/fd` shows `memfd:<name>`).
     public var name: String
 
@@ -34,6 +38,8 @@ public struct MachineConfiguration: Sendable, Equatable {
         self.commandLine = commandLine
         self.dirtyTracking = dirtyTracking
         self.name = name
+        self.network = nil
+        self.disk = nil
     }
 
     /// Checks the values that do not depend on the host.
@@ -50,6 +56,30 @@ public struct MachineConfiguration: Sendable, Equatable {
         guard commandLine.utf8.count <= BootInfo.maxCommandLine else {
             throw .invalidConfiguration("command line longer than \(BootInfo.maxCommandLine) bytes")
         }
+    }
+}
+
+/// The guest's network card: virtio-net on a tap interface.
+public struct NetworkConfiguration: Sendable, Equatable {
+    /// The tap interface (created if absent; needs CAP_NET_ADMIN).
+    public var tap: String
+    /// The card's MAC address.
+    public var mac: [UInt8]
+
+    public init(tap: String, mac: [UInt8] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56]) {
+        self.tap = tap
+        self.mac = mac
+    }
+}
+
+/// The guest's disk: virtio-blk on an existing file.
+public struct DiskConfiguration: Sendable, Equatable {
+    public var path: String
+    public var readOnly: Bool
+
+    public init(path: String, readOnly: Bool = false) {
+        self.path = path
+        self.readOnly = readOnly
     }
 }
 

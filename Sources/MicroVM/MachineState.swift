@@ -21,14 +21,20 @@ struct MachineState {
         static let vm: UInt16 = 2
         static let serial: UInt16 = 3
         static let doorbell: UInt16 = 4
+        static let net: UInt16 = 5
+        static let block: UInt16 = 6
         static let firstVCPU: UInt16 = 0x100
     }
 
-    static let deviceTags: [String: UInt16] = ["serial": Tag.serial, "doorbell": Tag.doorbell]
+    static let deviceTags: [String: UInt16] = ["serial": Tag.serial, "doorbell": Tag.doorbell,
+                                               "virtio-net": Tag.net, "virtio-blk": Tag.block]
+    var hasNetwork: Bool { devices["virtio-net"] != nil }
+    var hasDisk: Bool { devices["virtio-blk"] != nil }
 
     static var names: [UInt16: String] {
         var names: [UInt16: String] = [Tag.header: "machine header", Tag.vm: "VM state",
-                                       Tag.serial: "serial", Tag.doorbell: "doorbell"]
+                                       Tag.serial: "serial", Tag.doorbell: "doorbell",
+                                       Tag.net: "virtio-net", Tag.block: "virtio-blk"]
         for index in 0..<GuestLayout.maxVCPUs { names[Tag.firstVCPU + UInt16(index)] = "vCPU \(index) state" }
         return names
     }
@@ -98,7 +104,13 @@ struct MachineState {
         }
         vmState = try payload(Tag.vm)
         var devices: [String: [UInt8]] = [:]
-        for (name, tag) in Self.deviceTags { devices[name] = try payload(tag) }
+        for (name, tag) in Self.deviceTags {
+            if name == "serial" || name == "doorbell" {
+                devices[name] = try payload(tag)
+            } else if let bytes = reader.sections[tag] {
+                devices[name] = bytes
+            }
+        }
         self.devices = devices
     }
 }

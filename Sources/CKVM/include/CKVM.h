@@ -178,6 +178,13 @@ static inline int ckvm_unblock_signal(int signo) {
     return pthread_sigmask(SIG_UNBLOCK, &set, NULL);
 }
 
+// MARK: - tap devices (<linux/if_tun.h>)
+
+/// Opens /dev/net/tun as the tap interface `name` (created if absent), without
+/// packet information headers, non-blocking. Returns the descriptor or -1 with errno.
+/// (Defined in CKVM.c: <linux/if.h> clashes with glibc's <net/if.h> in a Swift module.)
+int ckvm_tap_open(const char *name);
+
 // MARK: - CRC-32C (Castagnoli), hardware-accelerated where the CPU has SSE4.2
 
 static inline uint32_t ckvm_crc32c_sw(uint32_t crc, const uint8_t *p, size_t n) {

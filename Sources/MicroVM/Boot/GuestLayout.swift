@@ -8,7 +8,7 @@ import KVM
 /// 0x7000 GDT · 0x8000 boot-info page
 /// 0x80000-0x100000 vCPU stacks, 64 KiB each (at most 8 vCPUs)
 /// 0x100000 guest image (first byte of RAM it may use)
-/// 0xD000_0000 MMIO devices (serial, doorbell, ...); RAM must end below it
+/// 0xD000_0000 serial · 0xD000_1000 doorbell · 0xD000_2000 virtio-net · 0xD000_3000 virtio-blk
 /// ```
 public enum GuestLayout {
     public static let pml4: UInt64 = 0x1000
@@ -22,6 +22,8 @@ public enum GuestLayout {
     public static let maxMemory: UInt64 = mmioBase
     public static let serialBase: UInt64 = mmioBase
     public static let doorbellBase: UInt64 = mmioBase + 0x1000
+    public static let virtioNetBase: UInt64 = mmioBase + 0x2000
+    public static let virtioBlockBase: UInt64 = mmioBase + 0x3000
 
     /// Top of vCPU `index`'s stack.
     public static func stackTop(vcpu index: Int) -> UInt64 { stacksBase + UInt64(index + 1) * stackSize }

@@ -15,6 +15,16 @@ public protocol MMIODevice: AnyObject, Sendable {
     func saveState() -> [UInt8]
     /// Restores state saved by `saveState()`; validates it as untrusted input.
     func restoreState(_ bytes: [UInt8]) throws(MachineError)
+    /// While quiesced (the machine is paused) a device must not touch guest memory
+    /// from its own threads.
+    func setQuiesced(_ quiesced: Bool)
+    /// Ends the device's own threads; called when the machine is torn down.
+    func shutdown()
+}
+
+extension MMIODevice {
+    public func setQuiesced(_ quiesced: Bool) {}
+    public func shutdown() {}
 }
 
 /// Work a device asks the vCPU thread to do after a write.

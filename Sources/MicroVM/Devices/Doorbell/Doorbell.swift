@@ -25,6 +25,10 @@ public final class Doorbell: MMIODevice, @unchecked Sendable {
     public enum Event {
         /// Bytes are waiting in the serial port's receive queue.
         public static let serialInput: UInt64 = 1 << 0
+        /// virtio-net returned buffers (a frame arrived or a transmit completed).
+        public static let network: UInt64 = 1 << 1
+        /// virtio-blk completed requests.
+        public static let disk: UInt64 = 1 << 2
     }
 
     private let pending = Mutex<UInt64>(0)
