@@ -9,8 +9,8 @@ public enum ConsoleRunner {
     public enum Source: Sendable {
         /// Boot this configuration.
         case boot(MachineConfiguration)
-        /// Resume a snapshot file written by `MachineSnapshot.write`.
-        case snapshot(path: String)
+        /// Resume a snapshot file written by `MachineSnapshot.write`, with these host devices.
+        case snapshot(path: String, network: NetworkConfiguration?, disk: DiskConfiguration?)
     }
 
     /// Sends what arrives on standard input to the guest's serial port and raises
@@ -40,9 +40,10 @@ public enum ConsoleRunner {
             logger.info("booting", metadata: ["vcpus": "\(configuration.vcpuCount)",
                                               "memory": "\(configuration.memorySize >> 20) MiB",
                                               "cmdline": "\(configuration.commandLine)"])
-        case .snapshot(let path):
+        case .snapshot(let path, let network, let disk):
             let (state, memory) = try MachineSnapshot.read(from: path)
-            machine = try Machine(restoring: state, memory: memory, console: console, logger: logger)
+            machine = try Machine(restoring: state, memory: memory, network: network, disk: disk,
+                                  console: console, logger: logger)
             logger.info("resuming snapshot", metadata: ["path": "\(path)", "vcpus": "\(machine.vcpus.count)"])
         }
 

@@ -14,3 +14,13 @@ public enum MemorySize {
         return UInt64(trimmed)
     }
 }
+
+/// Reads MAC addresses like "52:54:00:12:34:56".
+public enum MACAddress {
+    public static func parse(_ text: String) -> [UInt8]? {
+        let parts = text.split(separator: ":")
+        guard parts.count == 6 else { return nil }
+        let bytes = parts.compactMap { $0.count == 2 ? UInt8($0, radix: 16) : nil }
+        return bytes.count == 6 ? bytes : nil
+    }
+}

@@ -30,6 +30,15 @@ struct UnderstudyPrimary: ParsableCommand {
     @Option(help: "Guest memory, e.g. 256M or 1G.")
     var memory = "256M"
 
+    @Option(help: "Give the guest a virtio-net card on this tap interface (created if absent).")
+    var tap: String?
+
+    @Option(help: "MAC address of the guest's card, e.g. 52:54:00:12:34:56.")
+    var mac = "52:54:00:12:34:56"
+
+    @Option(help: "Give the guest a virtio-blk disk backed by this existing file.")
+    var disk: String?
+
     @Option(help: "Resume a machine snapshot file instead of booting.")
     var restore: String?
 
@@ -44,15 +53,18 @@ struct UnderstudyPrimary: ParsableCommand {
             throw ValidationError("replication to a standby is not available in this version; run with --unprotected")
         }
         guard MemorySize.parse(memory) != nil else { throw ValidationError("cannot read memory size '\(memory)'") }
+        guard MACAddress.parse(mac) != nil else { throw ValidationError("cannot read MAC address '\(mac)'") }
     }
 
     func run() throws {
         LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
         var logger = Logger(label: "understudy-primary")
         logger.logLevel = verbose ? .debug : .info
+        let network = tap.map { NetworkConfiguration(tap: $0, mac: MACAddress.parse(mac) ?? []) }
+        let diskConfiguration = disk.map { DiskConfiguration(path: $0) }
         let source: ConsoleRunner.Source
         if let restore {
-            source = .snapshot(path: restore)
+            source = .snapshot(path: restore, network: network, disk: diskConfiguration)
         } else {
             let image: GuestImage
             if let guest {
@@ -65,8 +77,11 @@ struct UnderstudyPrimary: ParsableCommand {
             } else {
                 image = .workload
             }
-            source = .boot(MachineConfiguration(vcpuCount: vcpus, memorySize: MemorySize.parse(memory) ?? 0,
-                                                image: image, commandLine: cmdline))
+            var configuration = MachineConfiguration(vcpuCount: vcpus, memorySize: MemorySize.parse(memory) ?? 0,
+                                                     image: image, commandLine: cmdline)
+            configuration.network = network
+            configuration.disk = diskConfiguration
+            source = .boot(configuration)
         }
         do {
             let status = try ConsoleRunner.run(source, logger: logger)
