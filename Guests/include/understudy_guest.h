@@ -31,6 +31,11 @@ struct boot_info {
     char cmdline[2048];       /* NUL-terminated */
 };
 
+/* Types of boot_info.devices[] records (the virtio device IDs). Each is a
+ * virtio-mmio (modern, version 2) device of `size` bytes at `base`. */
+#define DEVICE_TYPE_VIRTIO_NET 1
+#define DEVICE_TYPE_VIRTIO_BLK 2
+
 /* 8250 registers (offsets from serial_base). */
 #define UART_THR 0
 #define UART_LSR 5
@@ -47,6 +52,8 @@ struct boot_info {
 #define DOORBELL_WAIT_NS 0x00
 #define DOORBELL_EVENTS  0x08
 #define DOORBELL_EVENT_SERIAL_INPUT (1u << 0) /* bytes wait in the UART receive queue */
+#define DOORBELL_EVENT_NETWORK      (1u << 1) /* virtio-net returned used buffers */
+#define DOORBELL_EVENT_DISK         (1u << 2) /* virtio-blk returned used buffers */
 #define DOORBELL_EXIT    0x10
 #define DOORBELL_PUTS    0x18
 
@@ -61,6 +68,12 @@ static inline void mmio_write8(uint64_t address, uint8_t value) {
 }
 static inline uint8_t mmio_read8(uint64_t address) {
     return *(volatile uint8_t *)address;
+}
+static inline void mmio_write32(uint64_t address, uint32_t value) {
+    *(volatile uint32_t *)address = value;
+}
+static inline uint32_t mmio_read32(uint64_t address) {
+    return *(volatile uint32_t *)address;
 }
 static inline uint64_t rdtsc(void) {
     uint32_t lo, hi;
