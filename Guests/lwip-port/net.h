@@ -14,7 +14,8 @@ extern struct vnet net_card;
  * there is no card or no ip= (the caller then runs without network). */
 int net_setup(void);
 /* One round: received frames into lwIP (at most `budget`), lwIP timers,
- * then one notify for everything transmitted. Returns frames received. */
+ * then one notify for the frames transmitted meanwhile (deferred while
+ * frames keep arriving, see netif.c). Returns frames received. */
 int net_poll(int budget);
 /* Sleeps until a frame may have arrived, the next lwIP timer is due, or
  * max_us passed (spins briefly first: waking costs exits). */
