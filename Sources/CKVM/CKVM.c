@@ -1,3 +1,4 @@
+#define _GNU_SOURCE
 // Out-of-line parts of the shim: those whose headers cannot be in the module map.
 #include "CKVM.h"
 #include <fcntl.h>
@@ -18,4 +19,10 @@ int ckvm_tap_open(const char *name) {
         return -1;
     }
     return fd;
+}
+
+#include <sched.h>
+
+int ckvm_enter_network_namespace(int fd) {
+    return setns(fd, CLONE_NEWNET);
 }

@@ -37,6 +37,8 @@ public final class Machine: @unchecked Sendable {
     public let block: VirtioBlock?
     let devices: [any MMIODevice]
     let logger: Logger
+    /// One reusable KVM dirty bitmap per slot (bitmap tracking).
+    let slotBitmaps: [DirtyBitmap]
 
     /// Called on a vCPU thread when its dirty ring is full; must harvest and reset
     /// the rings before returning. Without it a full ring stops the machine.
@@ -114,6 +116,7 @@ public final class Machine: @unchecked Sendable {
             var vcpus: [VCPU] = []
             for index in 0..<configuration.vcpuCount { vcpus.append(try vm.createVCPU(id: UInt32(index))) }
             self.vcpus = vcpus
+            slotBitmaps = slots.map { DirtyBitmap(pageCount: $0.pageCount) }
         } catch {
             throw .kvm(error)
         }

@@ -185,6 +185,11 @@ static inline int ckvm_unblock_signal(int signo) {
 /// (Defined in CKVM.c: <linux/if.h> clashes with glibc's <net/if.h> in a Swift module.)
 int ckvm_tap_open(const char *name);
 
+/// Moves the calling thread into the network namespace open at `fd` (setns(2),
+/// CLONE_NEWNET). Returns 0 or -1 with errno. Used by tools and tests that talk
+/// to guests on private test networks.
+int ckvm_enter_network_namespace(int fd);
+
 // MARK: - CRC-32C (Castagnoli), hardware-accelerated where the CPU has SSE4.2
 
 static inline uint32_t ckvm_crc32c_sw(uint32_t crc, const uint8_t *p, size_t n) {

@@ -83,6 +83,7 @@ public struct Virtqueue: Sendable, Equatable {
             let writable = flags & Self.flagWrite != 0
             guard !(sawWritable && !writable) else { throw .badChain("readable buffer after a writable one") }
             sawWritable = sawWritable || writable
+            guard length > 0 else { throw .badChain("descriptor \(index) has zero length") }
             guard memory.contains(address, length: Int(length)) else {
                 throw .badChain("buffer 0x\(String(address, radix: 16))+\(length) outside guest RAM")
             }

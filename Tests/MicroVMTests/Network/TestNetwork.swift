@@ -1,0 +1,104 @@
+import Foundation
+
+/// A private test network: a bridge in the root namespace, a client network
+/// namespace attached to it by a veth pair, and taps for guests. Only addresses
+/// inside it are used. `tearDown()` (also run on deinit) removes everything,
+/// and leftovers from a crashed run with the same id are removed first.
+///
+/// ```
+///  [netns us<id>c: veth 10.77.0.1/24] ==veth== [bridge usb<id>] -- tap us<id>t0 -- guest 10.77.0.2
+/// ```
+final class TestNetwork: @unchecked Sendable {
+    let id: String
+    let namespace: String
+    let bridge: String
+    let clientAddress = "10.77.0.1"
+    let prefix = "10.77.0"
+    private(set) var taps: [String] = []
+    private var torn = false
+
+    struct CommandFailed: Error, CustomStringConvertible {
+        let command: [String]
+        let status: Int32
+        let output: String
+        var description: String { "\(command.joined(separator: " ")) failed (\(status)): \(output)" }
+    }
+
+    /// Whether this process may build networks (root, `ip` present, /dev/net/tun).
+    static var available: Bool {
+        getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/sbin/ip")
+            || FileManager.default.isExecutableFile(atPath: "/sbin/ip") && getuid() == 0
+    }
+
+    init() throws {
+        id = String(UInt32.random(in: 0..<0xFFFF), radix: 16)
+        namespace = "us\(id)c"
+        bridge = "usb\(id)"
+        removeLeftovers()
+        do {
+            try Self.run(["ip", "netns", "add", namespace])
+            try Self.run(["ip", "link", "add", bridge, "type", "bridge"])
+            try Self.run(["ip", "link", "set", bridge, "up"])
+            try Self.run(["ip", "link", "add", "us\(id)h", "type", "veth", "peer", "name", "us\(id)n"])
+            try Self.run(["ip", "link", "set", "us\(id)h", "master", bridge, "up"])
+            try Self.run(["ip", "link", "set", "us\(id)n", "netns", namespace])
+            try inClient(["ip", "addr", "add", "\(clientAddress)/24", "dev", "us\(id)n"])
+            try inClient(["ip", "link", "set", "us\(id)n", "up"])
+            try inClient(["ip", "link", "set", "lo", "up"])
+        } catch {
+            tearDown()
+            throw error
+        }
+    }
+
+    deinit { tearDown() }
+
+    /// Creates a tap on the bridge for a guest and returns its name.
+    func addTap() throws -> String {
+        let name = "us\(id)t\(taps.count)"
+        try Self.run(["ip", "tuntap", "add", "dev", name, "mode", "tap"])
+        taps.append(name)
+        try Self.run(["ip", "link", "set", name, "master", bridge, "up"])
+        return name
+    }
+
+    /// Runs a command inside the client namespace.
+    @discardableResult
+    func inClient(_ command: [String]) throws -> String {
+        try Self.run(["ip", "netns", "exec", namespace] + command)
+    }
+
+    /// The client namespace's file, for setns(2).
+    var namespacePath: String { "/var/run/netns/\(namespace)" }
+
+    func tearDown() {
+        guard !torn else { return }
+        torn = true
+        removeLeftovers()
+    }
+
+    private func removeLeftovers() {
+        for tap in taps + (0..<4).map({ "us\(id)t\($0)" }) { _ = try? Self.run(["ip", "link", "del", tap], quiet: true) }
+        _ = try? Self.run(["ip", "link", "del", "us\(id)h"], quiet: true)
+        _ = try? Self.run(["ip", "link", "del", bridge], quiet: true)
+        _ = try? Self.run(["ip", "netns", "del", namespace], quiet: true)
+    }
+
+    @discardableResult
+    static func run(_ command: [String], quiet: Bool = false) throws -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = command
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        let output = String(decoding: data, as: UTF8.self)
+        guard process.terminationStatus == 0 else {
+            throw CommandFailed(command: command, status: process.terminationStatus, output: output)
+        }
+        return output
+    }
+}
