@@ -40,7 +40,7 @@ let package = Package(
         .target(name: "TestGuests", dependencies: ["KVM"], path: "Tests/TestGuests"),
 
         .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM", "TestGuests"]),
-        .testTarget(name: "MicroVMTests", dependencies: ["MicroVM", "KVM"]),
+        .testTarget(name: "MicroVMTests", dependencies: ["MicroVM", "KVM", "TestGuests"]),
         .testTarget(name: "CompressionLinkTests", dependencies: ["CLZ4", "CZstd"]),
 
         .executableTarget(

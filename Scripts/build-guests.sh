@@ -85,12 +85,12 @@ for src in Guests/runtime/{crt,string,malloc,print}.c Guests/drivers/{virtio,vir
     common_objects+=("$o")
 done
 
-for app in kvstore journal; do
+for app in kvstore journal badqueue; do
     compile "$root/Guests/apps/$app.c" "$obj/guest/$app.o"
     "$CC" "${CFLAGS[@]}" "${LDFLAGS[@]}" -o "$build/$app.elf" "$obj/guest/$app.o" "${common_objects[@]}" \
         "${lwip_objects[@]}" -lgcc
 done
 log "compiled $compiled file(s); outputs:"
-for app in kvstore journal; do
+for app in kvstore journal badqueue; do
     log "  $build/$app.elf ($(stat -c %s "$build/$app.elf") bytes)"
 done

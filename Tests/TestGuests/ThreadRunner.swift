@@ -3,11 +3,11 @@ import Synchronization
 
 /// Runs a closure on its own OS thread (as a VMM runs a vCPU) and lets the
 /// caller wait for its result.
-final class ThreadRunner<Result: Sendable>: Sendable {
+public final class ThreadRunner<Result: Sendable>: Sendable {
     private let result = Mutex<Swift.Result<Result, any Error>?>(nil)
     private let done = DispatchSemaphore(value: 0)
 
-    init(_ body: @escaping @Sendable () throws -> Result) {
+    public init(_ body: @escaping @Sendable () throws -> Result) {
         let thread = Thread { [self] in
             let outcome = Swift.Result { try body() }
             result.withLock { $0 = outcome }
@@ -18,7 +18,7 @@ final class ThreadRunner<Result: Sendable>: Sendable {
     }
 
     /// Waits for the thread's result (rethrowing its error).
-    func join() throws -> Result {
+    public func join() throws -> Result {
         done.wait()
         done.signal()
         return try result.withLock { $0! }.get()

@@ -1,0 +1,83 @@
+import Foundation
+@testable import MicroVM
+import Synchronization
+
+/// The C guests from Guests/, built by Scripts/build-guests.sh on first use
+/// (idempotent: a built tree costs nothing).
+enum GuestPrograms {
+    static let packageRoot: URL = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    private static let built = Mutex<Result<Void, BuildFailed>?>(nil)
+
+    struct BuildFailed: Error, CustomStringConvertible {
+        let output: String
+        var description: String { "Scripts/build-guests.sh failed:\n\(output)" }
+    }
+
+    /// The parsed ELF image of `Guests/build/<name>.elf`, building the guests if needed.
+    static func image(_ name: String) throws -> GuestImage {
+        try built.withLock { state in
+            if state == nil {
+                let process = Process()
+                process.executableURL = URL(fileURLWithPath: "/bin/bash")
+                process.arguments = [packageRoot.appendingPathComponent("Scripts/build-guests.sh").path]
+                let pipe = Pipe()
+                process.standardOutput = pipe
+                process.standardError = pipe
+                do {
+                    try process.run()
+                    let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+                    process.waitUntilExit()
+                    state = process.terminationStatus == 0 ? .success(()) : .failure(BuildFailed(output: output))
+                } catch {
+                    state = .failure(BuildFailed(output: "\(error)"))
+                }
+            }
+            try state!.get()
+        }
+        let path = packageRoot.appendingPathComponent("Guests/build/\(name).elf").path
+        guard let data = FileManager.default.contents(atPath: path) else { throw BuildFailed(output: "\(path) missing") }
+        return try GuestImage(elf: [UInt8](data))
+    }
+}
+
+/// Root, `ip` and /dev/net/tun: what the network tests need. Says so when missing.
+let networkTestsAvailable: Bool = {
+    let ok = kvmAvailable && getuid() == 0 && FileManager.default.fileExists(atPath: "/dev/net/tun")
+    if !ok { print("*** NETWORK GUEST TESTS SKIPPED: they need root, /dev/kvm and /dev/net/tun ***") }
+    return ok
+}()
+
+/// Waits until `condition` holds or `timeout` passes.
+func eventually(timeout: TimeInterval = 30, _ condition: () -> Bool) -> Bool {
+    let deadline = Date().addingTimeInterval(timeout)
+    while Date() < deadline {
+        if condition() { return true }
+        usleep(5000)
+    }
+    return condition()
+}
+
+/// The reference streams of the kvstore's bulk commands (Docs/GuestABI.md).
+enum BulkData {
+    static func splitmix(_ value: UInt64) -> UInt64 {
+        var z = value
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+
+    /// GEN's word `i` for `seed`.
+    static func word(_ i: UInt64, seed: UInt64) -> UInt64 { splitmix(seed &+ (i &+ 1) &* 0x9E37_79B9_7F4A_7C15) }
+
+    /// FNV-1a 64 over `bytes`, continuing from `hash`.
+    static func fnv1a(_ bytes: UnsafeRawBufferPointer, _ hash: UInt64 = 0xCBF2_9CE4_8422_2325) -> UInt64 {
+        var h = hash
+        for byte in bytes {
+            h ^= UInt64(byte)
+            h = h &* 0x0000_0100_0000_01B3
+        }
+        return h
+    }
+}
