@@ -4,7 +4,9 @@ import Foundation
 /// A Linux tap interface: whole Ethernet frames in and out, no extra headers.
 public final class Tap: @unchecked Sendable {
     public let name: String
-    public let fd: Int32
+    /// The descriptor, or -1 once closed.
+    public private(set) var fd: Int32
+    private let closeLock = NSLock()
 
     /// Opens (creating if needed) the tap interface `name`. Needs CAP_NET_ADMIN
     /// unless the interface exists and belongs to this user.
@@ -16,7 +18,16 @@ public final class Tap: @unchecked Sendable {
         self.fd = fd
     }
 
-    deinit { close(fd) }
+    deinit { close() }
+
+    /// Detaches from the interface (another process may then attach to it).
+    /// Idempotent; reads and writes fail afterwards.
+    public func close() {
+        closeLock.lock()
+        defer { closeLock.unlock() }
+        if fd >= 0 { Glibc.close(fd) }
+        fd = -1
+    }
 
     /// Reads one frame into `buffer`; nil when none is waiting.
     public func read(into buffer: UnsafeMutableRawBufferPointer) -> Int? {

@@ -124,23 +124,45 @@ public final class VirtioNet: VirtioDevice, @unchecked Sendable {
         return delivered
     }
 
-    /// Whether a frame could be delivered now (buffers posted, not quiesced, none held).
+    /// Whether a frame could be delivered now (buffers posted, not quiesced).
     private var canAccept: Bool {
         lock.withLock {
-            guard heldFrame == nil, isDriverReady, queues[0].ready, !quiesced else { return false }
+            guard isDriverReady, queues[0].ready, !quiesced else { return false }
             return ((try? queues[0].pending(memory)) ?? 0) > 0
         }
     }
 
-    /// Starts the thread that moves frames from the tap to the guest.
+    /// Delivers the held frame if a buffer is there now. Returns whether none is held afterwards.
+    private func deliverHeld() -> Bool {
+        lock.lock()
+        var delivered = false
+        if let frame = heldFrame {
+            do {
+                if try deliverLocked(frame) {
+                    heldFrame = nil
+                    delivered = true
+                }
+            } catch {
+                fail(error)
+            }
+        }
+        let clear = heldFrame == nil
+        lock.unlock()
+        if delivered { notifyGuest() }
+        return clear
+    }
+
+    /// Starts the thread that moves frames from the tap to the guest. A frame
+    /// that finds no receive buffer (or a paused machine) is held and retried
+    /// before the next is read from the tap.
     public func startReceiving() {
         guard let tap, !receiverStarted else { return }
         receiverStarted = true
         let thread = Thread { [self] in
             var buffer = [UInt8](repeating: 0, count: 65_536)
             while !lock.withLock({ stopReceiving }) {
-                guard canAccept else {
-                    usleep(500)
+                guard deliverHeld(), canAccept else {
+                    usleep(200)
                     continue
                 }
                 guard tap.waitReadable(milliseconds: 20) else { continue }
@@ -160,6 +182,7 @@ public final class VirtioNet: VirtioDevice, @unchecked Sendable {
             receiverDone.wait()
             receiverStarted = false
         }
+        tap?.close()            // hand the interface over: a restored machine may attach to it
     }
 
     public override func resetDevice() { heldFrame = nil }
