@@ -37,7 +37,7 @@ let package = Package(
 
         // Tiny guest programs (machine code) and the long-mode setup they need,
         // shared by the tests and the benchmarks.
-        .target(name: "TestGuests", dependencies: ["KVM"], path: "Tests/TestGuests"),
+        .target(name: "TestGuests", dependencies: ["KVM", "CKVM", "MicroVM"], path: "Tests/TestGuests"),
 
         .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM", "TestGuests"]),
         .testTarget(name: "MicroVMTests", dependencies: ["MicroVM", "KVM", "TestGuests"]),
@@ -59,6 +59,15 @@ let package = Package(
                 .product(name: "Benchmark", package: "benchmark"),
             ],
             path: "Benchmarks/MicroVMBenchmarks",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+        ),
+        .executableTarget(
+            name: "GuestBenchmarks",
+            dependencies: [
+                "KVM", "MicroVM", "TestGuests",
+                .product(name: "Benchmark", package: "benchmark"),
+            ],
+            path: "Benchmarks/GuestBenchmarks",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
         ),
     ]

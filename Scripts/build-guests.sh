@@ -87,6 +87,10 @@ done
 
 for app in kvstore journal badqueue; do
     compile "$root/Guests/apps/$app.c" "$obj/guest/$app.o"
+    # Link only when an object or the linker script is newer than the image.
+    if [ -f "$build/$app.elf" ] && [ -z "$(find "$obj" "$root/Guests/apps/link.ld" -newer "$build/$app.elf" -print -quit)" ]; then
+        continue
+    fi
     "$CC" "${CFLAGS[@]}" "${LDFLAGS[@]}" -o "$build/$app.elf" "$obj/guest/$app.o" "${common_objects[@]}" \
         "${lwip_objects[@]}" -lgcc
 done

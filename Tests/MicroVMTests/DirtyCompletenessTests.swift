@@ -1,6 +1,7 @@
 import Foundation
 import KVM
 @testable import MicroVM
+import TestGuests
 import Testing
 
 /// Checks the dirty-completeness invariant between two pauses: every page whose

@@ -8,29 +8,33 @@ import Foundation
 /// ```
 ///  [netns us<id>c: veth 10.77.0.1/24] ==veth== [bridge usb<id>] -- tap us<id>t0 -- guest 10.77.0.2
 /// ```
-final class TestNetwork: @unchecked Sendable {
-    let id: String
-    let namespace: String
-    let bridge: String
-    let clientAddress = "10.77.0.1"
-    let prefix = "10.77.0"
-    private(set) var taps: [String] = []
+public final class TestNetwork: @unchecked Sendable {
+    public let id: String
+    public let namespace: String
+    public let bridge: String
+    public let clientAddress = "10.77.0.1"
+    public private(set) var taps: [String] = []
     private var torn = false
 
-    struct CommandFailed: Error, CustomStringConvertible {
-        let command: [String]
-        let status: Int32
-        let output: String
-        var description: String { "\(command.joined(separator: " ")) failed (\(status)): \(output)" }
+    public struct CommandFailed: Error, CustomStringConvertible {
+        public let command: [String]
+        public let status: Int32
+        public let output: String
+        public init(command: [String], status: Int32, output: String) {
+            self.command = command
+            self.status = status
+            self.output = output
+        }
+        public var description: String { "\(command.joined(separator: " ")) failed (\(status)): \(output)" }
     }
 
     /// Whether this process may build networks (root, `ip` present, /dev/net/tun).
-    static var available: Bool {
+    public static var available: Bool {
         getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/sbin/ip")
             || FileManager.default.isExecutableFile(atPath: "/sbin/ip") && getuid() == 0
     }
 
-    init() throws {
+    public init() throws {
         id = String(UInt32.random(in: 0..<0xFFFF), radix: 16)
         namespace = "us\(id)c"
         bridge = "usb\(id)"
@@ -54,7 +58,7 @@ final class TestNetwork: @unchecked Sendable {
     deinit { tearDown() }
 
     /// Creates a tap on the bridge for a guest and returns its name.
-    func addTap() throws -> String {
+    public func addTap() throws -> String {
         let name = "us\(id)t\(taps.count)"
         try Self.run(["ip", "tuntap", "add", "dev", name, "mode", "tap"])
         taps.append(name)
@@ -64,14 +68,14 @@ final class TestNetwork: @unchecked Sendable {
 
     /// Runs a command inside the client namespace.
     @discardableResult
-    func inClient(_ command: [String]) throws -> String {
+    public func inClient(_ command: [String]) throws -> String {
         try Self.run(["ip", "netns", "exec", namespace] + command)
     }
 
     /// The client namespace's file, for setns(2).
-    var namespacePath: String { "/var/run/netns/\(namespace)" }
+    public var namespacePath: String { "/var/run/netns/\(namespace)" }
 
-    func tearDown() {
+    public func tearDown() {
         guard !torn else { return }
         torn = true
         removeLeftovers()
@@ -85,7 +89,7 @@ final class TestNetwork: @unchecked Sendable {
     }
 
     @discardableResult
-    static func run(_ command: [String], quiet: Bool = false) throws -> String {
+    public static func run(_ command: [String], quiet: Bool = false) throws -> String {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = command

@@ -4,18 +4,18 @@ import Synchronization
 
 /// A blocking TCP client socket created inside a network namespace (the
 /// creating thread enters the namespace with setns(2); the socket stays in it).
-final class NamespaceSocket: @unchecked Sendable {
-    let fd: Int32
+public final class NamespaceSocket: @unchecked Sendable {
+    public let fd: Int32
 
-    struct SocketError: Error, CustomStringConvertible {
-        let call: String
-        let errno: Int32
-        var description: String { "\(call) failed: \(String(cString: strerror(errno))) (errno \(errno))" }
+    public struct SocketError: Error, CustomStringConvertible {
+        public let call: String
+        public let errno: Int32
+        public var description: String { "\(call) failed: \(String(cString: strerror(errno))) (errno \(errno))" }
     }
 
     /// Connects to `host:port` from inside the namespace at `namespacePath`, with a
     /// receive timeout of `timeout` seconds.
-    static func connect(namespacePath: String, host: String, port: UInt16, timeout: Int = 20) throws -> NamespaceSocket {
+    public static func connect(namespacePath: String, host: String, port: UInt16, timeout: Int = 20) throws -> NamespaceSocket {
         let result = Mutex<Result<Int32, SocketError>?>(nil)
         let done = DispatchSemaphore(value: 0)
         let thread = Thread {
@@ -59,7 +59,7 @@ final class NamespaceSocket: @unchecked Sendable {
 
     private var pending: [UInt8] = []
 
-    func send(_ bytes: [UInt8]) throws {
+    public func send(_ bytes: [UInt8]) throws {
         var offset = 0
         while offset < bytes.count {
             let n = bytes[offset...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
@@ -71,10 +71,10 @@ final class NamespaceSocket: @unchecked Sendable {
         }
     }
 
-    func send(_ text: String) throws { try send(Array(text.utf8)) }
+    public func send(_ text: String) throws { try send(Array(text.utf8)) }
 
     /// Reads one line (without the newline).
-    func readLine() throws -> String {
+    public func readLine() throws -> String {
         while true {
             if let newline = pending.firstIndex(of: 10) {
                 let line = pending[..<newline]
@@ -86,7 +86,7 @@ final class NamespaceSocket: @unchecked Sendable {
     }
 
     /// Reads exactly `count` bytes, feeding them to `body` in chunks.
-    func read(count: Int, _ body: (ArraySlice<UInt8>) -> Void) throws {
+    public func read(count: Int, _ body: (ArraySlice<UInt8>) -> Void) throws {
         var remaining = count
         while remaining > 0 {
             if pending.isEmpty { try fill() }
@@ -109,7 +109,7 @@ final class NamespaceSocket: @unchecked Sendable {
     }
 
     /// Sends a command line and returns the reply line.
-    func command(_ line: String) throws -> String {
+    public func command(_ line: String) throws -> String {
         try send(line + "\n")
         return try readLine()
     }

@@ -1,23 +1,42 @@
 import Foundation
-@testable import MicroVM
+import KVM
+import MicroVM
 import Synchronization
 
 /// The C guests from Guests/, built by Scripts/build-guests.sh on first use
 /// (idempotent: a built tree costs nothing).
-enum GuestPrograms {
-    static let packageRoot: URL = URL(fileURLWithPath: #filePath)
-        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+public enum GuestPrograms {
+    public static let packageRoot: URL = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 
     private static let built = Mutex<Result<Void, BuildFailed>?>(nil)
 
-    struct BuildFailed: Error, CustomStringConvertible {
-        let output: String
-        var description: String { "Scripts/build-guests.sh failed:\n\(output)" }
+    public struct BuildFailed: Error, CustomStringConvertible {
+        public let output: String
+        public var description: String { "Scripts/build-guests.sh failed:\n\(output)" }
+    }
+
+    /// Whether every guest image exists and is newer than every guest source file.
+    static func upToDate() -> Bool {
+        let build = packageRoot.appendingPathComponent("Guests/build")
+        let images = ["kvstore", "journal", "badqueue"].map { build.appendingPathComponent("\($0).elf").path }
+        func modified(_ path: String) -> Date? {
+            (try? FileManager.default.attributesOfItem(atPath: path))?[.modificationDate] as? Date
+        }
+        guard let oldest = images.map(modified).reduce(Date.distantFuture, { min($0, $1 ?? .distantPast) }) as Date?,
+              oldest != .distantPast else { return false }
+        for folder in ["apps", "runtime", "drivers", "lwip-port", "include"] {
+            let root = packageRoot.appendingPathComponent("Guests/\(folder)")
+            let files = FileManager.default.enumerator(atPath: root.path)?.compactMap { $0 as? String } ?? []
+            for file in files where (modified(root.appendingPathComponent(file).path) ?? .distantFuture) > oldest { return false }
+        }
+        return true
     }
 
     /// The parsed ELF image of `Guests/build/<name>.elf`, building the guests if needed.
-    static func image(_ name: String) throws -> GuestImage {
+    public static func image(_ name: String) throws -> GuestImage {
         try built.withLock { state in
+            if state == nil, upToDate() { state = .success(()) }
             if state == nil {
                 let process = Process()
                 process.executableURL = URL(fileURLWithPath: "/bin/bash")
@@ -43,14 +62,14 @@ enum GuestPrograms {
 }
 
 /// Root, `ip` and /dev/net/tun: what the network tests need. Says so when missing.
-let networkTestsAvailable: Bool = {
-    let ok = kvmAvailable && getuid() == 0 && FileManager.default.fileExists(atPath: "/dev/net/tun")
+public let networkTestsAvailable: Bool = {
+    let ok = KVM.isAvailable && getuid() == 0 && FileManager.default.fileExists(atPath: "/dev/net/tun")
     if !ok { print("*** NETWORK GUEST TESTS SKIPPED: they need root, /dev/kvm and /dev/net/tun ***") }
     return ok
 }()
 
 /// Waits until `condition` holds or `timeout` passes.
-func eventually(timeout: TimeInterval = 30, _ condition: () -> Bool) -> Bool {
+public func eventually(timeout: TimeInterval = 30, _ condition: () -> Bool) -> Bool {
     let deadline = Date().addingTimeInterval(timeout)
     while Date() < deadline {
         if condition() { return true }
@@ -60,8 +79,8 @@ func eventually(timeout: TimeInterval = 30, _ condition: () -> Bool) -> Bool {
 }
 
 /// The reference streams of the kvstore's bulk commands (Docs/GuestABI.md).
-enum BulkData {
-    static func splitmix(_ value: UInt64) -> UInt64 {
+public enum BulkData {
+    public static func splitmix(_ value: UInt64) -> UInt64 {
         var z = value
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
@@ -69,10 +88,10 @@ enum BulkData {
     }
 
     /// GEN's word `i` for `seed`.
-    static func word(_ i: UInt64, seed: UInt64) -> UInt64 { splitmix(seed &+ (i &+ 1) &* 0x9E37_79B9_7F4A_7C15) }
+    public static func word(_ i: UInt64, seed: UInt64) -> UInt64 { splitmix(seed &+ (i &+ 1) &* 0x9E37_79B9_7F4A_7C15) }
 
     /// FNV-1a 64 over `bytes`, continuing from `hash`.
-    static func fnv1a(_ bytes: UnsafeRawBufferPointer, _ hash: UInt64 = 0xCBF2_9CE4_8422_2325) -> UInt64 {
+    public static func fnv1a(_ bytes: UnsafeRawBufferPointer, _ hash: UInt64 = 0xCBF2_9CE4_8422_2325) -> UInt64 {
         var h = hash
         for byte in bytes {
             h ^= UInt64(byte)
