@@ -33,12 +33,19 @@ struct StateRoundTripTests {
         let original = try TestMachine(memorySize: Self.memorySize, irqchip: true)
         try original.start(GuestCode.compute, rdi: UInt64(Self.iterations), rsi: TestMachine.dataAddress,
                            rdx: UInt64(Self.mask))
-        let runner = ThreadRunner { try original.vcpu.run() }
-        usleep(useconds_t(delayMilliseconds * 1000))
-        original.vcpu.requestExit()
-        let exit = try runner.join()
-        try #require(exit == .interrupted, "the guest finished before it was interrupted (\(exit))")
-        let progress = try original.vcpu.registers().rcx
+        // Interrupt after the guest has run for the delay. On a loaded machine the vCPU
+        // thread may not get a core at once: try again until the guest made progress.
+        var progress: UInt64 = 0
+        for _ in 0..<20 where progress == 0 {
+            original.vcpu.clearExitRequest()
+            let runner = ThreadRunner { try original.vcpu.run() }
+            while !original.vcpu.isRunning { usleep(100) }
+            usleep(useconds_t(delayMilliseconds * 1000))
+            original.vcpu.requestExit()
+            let exit = try runner.join()
+            try #require(exit == .interrupted, "the guest finished before it was interrupted (\(exit))")
+            progress = try original.vcpu.registers().rcx
+        }
         try #require(progress > 0 && progress < UInt64(Self.iterations), "interrupted at iteration \(progress)")
 
         // Capture everything as bytes.

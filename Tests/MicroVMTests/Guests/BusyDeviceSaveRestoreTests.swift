@@ -25,8 +25,15 @@ struct BusyDeviceSaveRestoreTests {
         return process
     }
 
-    static func snapshotPath() -> String {
-        FileManager.default.temporaryDirectory.appendingPathComponent("busy-\(UUID()).snapshot").path
+    /// Pauses `machine`, writes it to a new snapshot file, stops it (releasing its
+    /// tap), and returns the file's path.
+    static func snapshotAndStop(_ machine: Machine) throws -> String {
+        try machine.pause()
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("busy-\(UUID()).snapshot").path
+        try MachineSnapshot.write(machine, to: path)
+        machine.requestStop()
+        _ = machine.waitUntilStopped(timeout: .seconds(10))
+        return path
     }
 
     /// A client INCRs a counter in a loop over one connection while the machine
@@ -52,12 +59,8 @@ struct BusyDeviceSaveRestoreTests {
             return replies
         }
         usleep(150_000)
-        try machine.pause()
-        let snapshot = Self.snapshotPath()
+        let snapshot = try Self.snapshotAndStop(machine)
         defer { try? FileManager.default.removeItem(atPath: snapshot) }
-        try MachineSnapshot.write(machine, to: snapshot)
-        machine.requestStop()
-        _ = machine.waitUntilStopped(timeout: .seconds(10))
 
         let newConsole = ConsoleBuffer()
         let process = try Self.resume(snapshot: snapshot, tap: tap, disk: nil, console: newConsole)
@@ -104,12 +107,8 @@ struct BusyDeviceSaveRestoreTests {
             return reported
         }
         usleep(200_000)
-        try machine.pause()
-        let snapshot = Self.snapshotPath()
+        let snapshot = try Self.snapshotAndStop(machine)
         defer { try? FileManager.default.removeItem(atPath: snapshot) }
-        try MachineSnapshot.write(machine, to: snapshot)
-        machine.requestStop()
-        _ = machine.waitUntilStopped(timeout: .seconds(10))
 
         let process = try Self.resume(snapshot: snapshot, tap: tap, disk: disk, console: ConsoleBuffer())
         usleep(1_500_000)
