@@ -7,6 +7,7 @@ let package = Package(
     products: [
         .library(name: "KVM", targets: ["KVM"]),
         .library(name: "MicroVM", targets: ["MicroVM"]),
+        .library(name: "Understudy", targets: ["Understudy"]),
         .executable(name: "understudy-primary", targets: ["understudy-primary"]),
     ],
     dependencies: [
@@ -22,6 +23,9 @@ let package = Package(
 
         // Safe KVM bindings, no policy.
         .target(name: "KVM", dependencies: ["CKVM"]),
+
+        // The fault-tolerance engine.
+        .target(name: "Understudy", dependencies: ["KVM", "CLZ4", "CZstd"]),
 
         // The reference VMM.
         .target(name: "MicroVM", dependencies: ["KVM", .product(name: "Logging", package: "swift-log")]),
@@ -41,6 +45,7 @@ let package = Package(
 
         .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM", "TestGuests"]),
         .testTarget(name: "MicroVMTests", dependencies: ["MicroVM", "KVM", "TestGuests"]),
+        .testTarget(name: "UnderstudyTests", dependencies: ["Understudy"]),
         .testTarget(name: "CompressionLinkTests", dependencies: ["CLZ4", "CZstd"]),
 
         .executableTarget(

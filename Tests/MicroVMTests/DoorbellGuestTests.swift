@@ -1,6 +1,7 @@
 import Foundation
 import KVM
 @testable import MicroVM
+import TestGuests
 import Testing
 
 /// Guests that wait through the doorbell instead of spinning.
@@ -82,11 +83,12 @@ struct GuestMemoryTests {
         #expect(machine.slots.count == 8)
         try machine.setDirtyLogging(false)
         try machine.start()
-        usleep(20_000)
+        #expect(eventually { console.lines(cpu: 0).count >= 1 })
         try machine.pause()
         try machine.setDirtyLogging(true)
         try machine.resume()
-        usleep(20_000)
+        let before = console.lines(cpu: 0).count
+        #expect(eventually { console.lines(cpu: 0).count >= before + 2 })
         try machine.pause()
         var dirty = 0
         for slot in machine.slots {
@@ -97,7 +99,8 @@ struct GuestMemoryTests {
         #expect(dirty > 100, "the workload's writes are logged once logging is on (\(dirty) pages)")
         try machine.setDirtyLogging(false)
         try machine.resume()
-        usleep(20_000)
+        let after = console.lines(cpu: 0).count
+        #expect(eventually { console.lines(cpu: 0).count >= after + 1 }, "runs on with logging off again")
         machine.requestStop()
         _ = machine.waitUntilStopped(timeout: .seconds(10))
         let lines = console.lines(cpu: 0)

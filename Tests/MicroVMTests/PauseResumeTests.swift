@@ -37,7 +37,7 @@ struct PauseResumeTests {
         #expect(machine.waitUntilStopped(timeout: .seconds(10)) == .requested)
         for cpu in 0..<2 {
             let lines = console.lines(cpu: cpu)
-            #expect(lines.count >= 10, "vCPU \(cpu) made progress")
+            #expect(lines.count >= 3, "vCPU \(cpu) made progress")
             #expect(lines == WorkloadReference.lines(cpu: cpu, pages: 16, wss: 512, every: 2000, count: lines.count))
         }
         print(String(format: "pause latency (2 vCPUs, 1000 cycles): median %.0f µs, p99 %.0f µs; resume: median %.0f µs, p99 %.0f µs",
