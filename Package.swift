@@ -28,7 +28,7 @@ let package = Package(
         .target(name: "Understudy", dependencies: ["KVM", "CLZ4", "CZstd"]),
 
         // The reference VMM.
-        .target(name: "MicroVM", dependencies: ["KVM", .product(name: "Logging", package: "swift-log")]),
+        .target(name: "MicroVM", dependencies: ["KVM", "Understudy", .product(name: "Logging", package: "swift-log")]),
 
         .executableTarget(
             name: "understudy-primary",
@@ -45,7 +45,7 @@ let package = Package(
 
         .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM", "TestGuests"]),
         .testTarget(name: "MicroVMTests", dependencies: ["MicroVM", "KVM", "TestGuests"]),
-        .testTarget(name: "UnderstudyTests", dependencies: ["Understudy"]),
+        .testTarget(name: "UnderstudyTests", dependencies: ["Understudy", "MicroVM", "KVM", "TestGuests"]),
         .testTarget(name: "CompressionLinkTests", dependencies: ["CLZ4", "CZstd"]),
 
         .executableTarget(

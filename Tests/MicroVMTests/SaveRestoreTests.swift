@@ -1,6 +1,7 @@
 import Foundation
 import KVM
 @testable import MicroVM
+import TestGuests
 import Testing
 
 @Suite("Save and restore", .enabled(if: kvmAvailable, "needs /dev/kvm"))

@@ -1,6 +1,7 @@
 import Foundation
 import KVM
 @testable import MicroVM
+import TestGuests
 import Testing
 
 let kvmAvailable: Bool = {

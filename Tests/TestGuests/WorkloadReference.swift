@@ -1,9 +1,8 @@
-import Synchronization
 
 /// What the built-in workload guest (Guests/workload/workload.c) prints, computed
 /// in Swift: for vCPU `cpu`, the lines `seq=<n> hash=<16 hex> cpu=<cpu>` in order.
-enum WorkloadReference {
-    static func mix(_ value: UInt64) -> UInt64 {
+public enum WorkloadReference {
+    public static func mix(_ value: UInt64) -> UInt64 {
         var x = value
         x ^= x >> 31
         x = x &* 0x7FB5_D329_728E_A185
@@ -13,7 +12,7 @@ enum WorkloadReference {
         return x
     }
 
-    static func lines(cpu: Int, pages: Int, wss: Int, every: Int, count: Int) -> [String] {
+    public static func lines(cpu: Int, pages: Int, wss: Int, every: Int, count: Int) -> [String] {
         var memory = [UInt64](repeating: 0, count: wss * 512)
         var hash = mix(0x5EED_0000_0000_0000 &+ UInt64(cpu))
         var lines: [String] = []
@@ -36,22 +35,3 @@ enum WorkloadReference {
     }
 }
 
-/// Collects console output from the machine's vCPU threads.
-final class ConsoleBuffer: Sendable {
-    private let bytes = Mutex<[UInt8]>([])
-
-    var sink: @Sendable ([UInt8]) -> Void { { [self] data in bytes.withLock { $0 += data } } }
-
-    var text: String { String(decoding: bytes.withLock { $0 }, as: UTF8.self) }
-
-    /// Complete lines so far.
-    var lines: [String] {
-        let text = self.text
-        var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
-        lines.removeLast()          // the part after the last newline is not a complete line
-        return lines
-    }
-
-    /// Lines of vCPU `cpu`.
-    func lines(cpu: Int) -> [String] { lines.filter { $0.hasSuffix(" cpu=\(cpu)") } }
-}

@@ -1,0 +1,11 @@
+import KVM
+import Understudy
+
+/// MicroVM is the first VMM Understudy protects.
+extension Machine: ReplicatedMachine {
+    public var guestMemoryBase: UnsafeMutableRawPointer { memory.base }
+    public var guestMemorySize: Int { memory.size }
+    public func pauseForCheckpoint() throws { try pause() }
+    public func resumeAfterCheckpoint() throws { try resume() }
+    public func saveCheckpointState() throws -> [UInt8] { try saveState() }
+}

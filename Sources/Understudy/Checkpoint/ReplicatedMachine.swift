@@ -1,0 +1,26 @@
+import KVM
+
+/// What a VMM gives Understudy to protect its guest (DESIGN.md §2). MicroVM
+/// conforms; any Swift VMM that owns a KVM guest can.
+///
+/// ```swift
+/// let engine = CheckpointEngine(machine: myMachine, configuration: .init(epoch: .milliseconds(5)))
+/// let replica = try ReplicaImage(memorySize: myMachine.guestMemorySize)
+/// engine.sink = { checkpoint in try? replica.apply(checkpoint) }
+/// try engine.start()          // pause, harvest, copy, capture, resume; encode in the background
+/// ```
+public protocol ReplicatedMachine: AnyObject, Sendable {
+    /// Guest RAM from guest-physical 0, as this process maps it.
+    var guestMemoryBase: UnsafeMutableRawPointer { get }
+    /// Bytes of guest RAM (a multiple of 4 KiB).
+    var guestMemorySize: Int { get }
+    /// Every vCPU out of KVM_RUN and every device quiescent.
+    func pauseForCheckpoint() throws
+    /// Back to running.
+    func resumeAfterCheckpoint() throws
+    /// Marks in `bitmap` (whole-RAM page numbers) every page written since the
+    /// last call, by the guest (KVM's dirty log) or by the VMM itself. Paused only.
+    func collectDirtyPages(into bitmap: DirtyBitmap) throws
+    /// vCPU, VM and device state as versioned bytes. Paused only.
+    func saveCheckpointState() throws -> [UInt8]
+}

@@ -1,0 +1,47 @@
+import KVM
+
+/// Dirty pages copied out of guest RAM during the pause, with the machine state:
+/// everything the encoder needs, so the guest can run on while it works.
+/// Allocated once and reused (it grows only when an epoch dirties more pages
+/// than any before).
+public final class StagedCheckpoint: @unchecked Sendable {
+    public private(set) var sequence: UInt64 = 0
+    public private(set) var isFull = false
+    public private(set) var pageNumbers: [UInt32] = []
+    private var buffer: UnsafeMutableRawPointer
+    private var capacity: Int
+    public private(set) var state: [UInt8] = []
+
+    public init(initialCapacityPages: Int = 1024) {
+        capacity = max(1, initialCapacityPages)
+        buffer = .allocate(byteCount: capacity * pageSize, alignment: 64)
+        pageNumbers.reserveCapacity(capacity)
+    }
+
+    deinit { buffer.deallocate() }
+
+    public var count: Int { pageNumbers.count }
+
+    /// The copied contents of the `index`-th staged page.
+    public func contents(_ index: Int) -> UnsafeRawPointer { UnsafeRawPointer(buffer + index * pageSize) }
+
+    /// Copies the pages marked in `dirty` out of `memory` and records `state`.
+    func fill(sequence: UInt64, isFull: Bool, dirty: DirtyBitmap, memory: UnsafeRawPointer, state: [UInt8]) {
+        self.sequence = sequence
+        self.isFull = isFull
+        pageNumbers.removeAll(keepingCapacity: true)
+        let needed = dirty.count
+        if needed > capacity {
+            buffer.deallocate()
+            capacity = needed + needed / 4
+            buffer = .allocate(byteCount: capacity * pageSize, alignment: 64)
+        }
+        var index = 0
+        dirty.forEachPage { page in
+            (buffer + index * pageSize).copyMemory(from: memory + page * pageSize, byteCount: pageSize)
+            pageNumbers.append(UInt32(page))
+            index += 1
+        }
+        self.state = state
+    }
+}

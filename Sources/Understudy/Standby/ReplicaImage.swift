@@ -1,0 +1,119 @@
+import CKVM
+import KVM
+
+/// The standby's copy of the guest: RAM in a memfd (so a VMM can hand it to KVM
+/// on failover without copying) and the state of the last committed checkpoint.
+///
+/// `apply(_:)` verifies a checkpoint completely (digest, sequence, every page
+/// record's bounds and encoding) and decodes it into staging before touching
+/// the image: the image is always exactly one whole checkpoint.
+public final class ReplicaImage: @unchecked Sendable {
+    public let memory: SharedMemory
+    /// The committed machine state (empty before the first checkpoint).
+    public private(set) var state: [UInt8] = []
+    /// The sequence number of the committed checkpoint, nil before the first.
+    public private(set) var committedSequence: UInt64?
+    private let codec = PageCodec()
+    private var staging: UnsafeMutableRawPointer
+    private var stagingCapacity: Int
+    private var stagedPages: [Int] = []
+
+    /// An empty image of `memorySize` bytes.
+    public init(memorySize: Int) throws(KVMError) {
+        memory = try SharedMemory(size: memorySize, name: "understudy-replica")
+        stagingCapacity = 1024
+        staging = .allocate(byteCount: stagingCapacity * pageSize, alignment: 64)
+    }
+
+    deinit { staging.deallocate() }
+
+    public var pageCount: Int { memory.size / pageSize }
+
+    /// Why a checkpoint was refused. The image is unchanged.
+    public enum ApplyError: Error, Equatable, Sendable, CustomStringConvertible {
+        case digestMismatch
+        case outOfSequence(expected: UInt64?, got: UInt64)
+        case firstMustBeFull
+        case badPage(index: Int, reason: String)
+
+        public var description: String {
+            switch self {
+            case .digestMismatch: "checkpoint digest does not match its contents"
+            case .outOfSequence(let expected, let got): "checkpoint \(got) out of sequence (expected \(expected.map(String.init) ?? "a full checkpoint"))"
+            case .firstMustBeFull: "the first checkpoint must be a full image"
+            case .badPage(let index, let reason): "page record \(index): \(reason)"
+            }
+        }
+    }
+
+    /// Verifies, decodes and commits `checkpoint`.
+    public func apply(_ checkpoint: Checkpoint) throws(ApplyError) {
+        guard checkpoint.computedDigest == checkpoint.digest else { throw .digestMismatch }
+        if let committed = committedSequence {
+            guard checkpoint.sequence == committed &+ 1 else { throw .outOfSequence(expected: committed &+ 1, got: checkpoint.sequence) }
+        } else {
+            guard checkpoint.isFull else { throw .firstMustBeFull }
+        }
+        try decodeIntoStaging(checkpoint)
+        // Commit: nothing below can fail.
+        for (index, page) in stagedPages.enumerated() {
+            (memory.base + page * pageSize).copyMemory(from: staging + index * pageSize, byteCount: pageSize)
+        }
+        state = checkpoint.state
+        committedSequence = checkpoint.sequence
+    }
+
+    private func decodeIntoStaging(_ checkpoint: Checkpoint) throws(ApplyError) {
+        if checkpoint.pageCount > stagingCapacity {
+            guard checkpoint.pageCount <= pageCount else {
+                throw .badPage(index: checkpoint.pageCount, reason: "more pages than guest RAM has")
+            }
+            staging.deallocate()
+            stagingCapacity = checkpoint.pageCount
+            staging = .allocate(byteCount: stagingCapacity * pageSize, alignment: 64)
+        }
+        stagedPages.removeAll(keepingCapacity: true)
+        do {
+            try checkpoint.pages.withUnsafeBytes { raw in try decodeRecords(raw, of: checkpoint) }
+        } catch let error as ApplyError {
+            throw error
+        } catch {
+            throw .badPage(index: 0, reason: "\(error)")
+        }
+        if checkpoint.isFull && stagedPages.count != pageCount {
+            throw .badPage(index: stagedPages.count, reason: "a full checkpoint must carry all \(pageCount) pages")
+        }
+    }
+
+    private func decodeRecords(_ raw: UnsafeRawBufferPointer, of checkpoint: Checkpoint) throws(ApplyError) {
+        var seen = Set<Int>()
+        do {
+            var offset = 0
+            for index in 0..<checkpoint.pageCount {
+                guard raw.count - offset >= 9 else { throw .badPage(index: index, reason: "truncated record header") }
+                let page = Int(raw.loadUnaligned(fromByteOffset: offset, as: UInt32.self).littleEndian)
+                let tag = raw[offset + 4]
+                let length = Int(raw.loadUnaligned(fromByteOffset: offset + 5, as: UInt32.self).littleEndian)
+                offset += 9
+                guard page < pageCount else { throw .badPage(index: index, reason: "page \(page) beyond guest RAM") }
+                guard seen.insert(page).inserted else { throw .badPage(index: index, reason: "page \(page) appears twice") }
+                guard let encoding = PageEncoding(rawValue: tag) else { throw .badPage(index: index, reason: "unknown encoding \(tag)") }
+                guard !(checkpoint.isFull && encoding.isDelta) else { throw .badPage(index: index, reason: "delta in a full checkpoint") }
+                guard length <= raw.count - offset else { throw .badPage(index: index, reason: "payload runs past the checkpoint") }
+                let target = staging + index * pageSize
+                target.copyMemory(from: memory.base + page * pageSize, byteCount: pageSize)
+                do {
+                    try codec.decode(encoding, payload: UnsafeRawBufferPointer(rebasing: raw[offset..<(offset + length)]), into: target)
+                } catch {
+                    throw .badPage(index: index, reason: "\(error)")
+                }
+                stagedPages.append(page)
+                offset += length
+            }
+            guard offset == raw.count else { throw .badPage(index: checkpoint.pageCount, reason: "\(raw.count - offset) bytes after the last record") }
+        }
+    }
+
+    /// CRC-32C of the whole image (tests compare it with the guest's memory).
+    public var memoryDigest: UInt32 { ckvm_crc32c(0, memory.base, memory.size) }
+}
