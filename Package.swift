@@ -67,6 +67,15 @@ let package = Package(
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
         ),
         .executableTarget(
+            name: "UnderstudyBenchmarks",
+            dependencies: [
+                "KVM", "MicroVM", "Understudy",
+                .product(name: "Benchmark", package: "benchmark"),
+            ],
+            path: "Benchmarks/UnderstudyBenchmarks",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+        ),
+        .executableTarget(
             name: "GuestBenchmarks",
             dependencies: [
                 "KVM", "MicroVM", "TestGuests",

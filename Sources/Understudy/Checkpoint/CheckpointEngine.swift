@@ -33,6 +33,8 @@ public final class CheckpointEngine: @unchecked Sendable {
     public let configuration: EngineConfiguration
     /// Receives every checkpoint, in order, on the encoder thread.
     public var sink: (@Sendable (Checkpoint) -> Void)?
+    /// Output held until its checkpoint commits; the engine closes its epochs.
+    public var outputBuffer: OutputBuffer?
 
     private let dirty: DirtyBitmap
     private let encoder: CheckpointEncoder
@@ -70,6 +72,7 @@ public final class CheckpointEngine: @unchecked Sendable {
         let isFull = nextSequence == 0
         if isFull { for i in 0..<dirty.pageCount { dirty[i] = true } }
         let state = try machine.saveCheckpointState()
+        outputBuffer?.closeEpoch(nextSequence)
         staged.fill(sequence: nextSequence, isFull: isFull, dirty: dirty, memory: machine.guestMemoryBase, state: state)
         nextSequence += 1
     }
