@@ -90,9 +90,7 @@ final class KVStoreRig: @unchecked Sendable {
         let network = try TestNetwork()
         let tap = try network.addTap()
         let output = ConsoleText()
-        var configuration = MachineConfiguration(name: "kvstore", memorySize: 256 << 20, image: try GuestPrograms.image("kvstore"),
-                                                 commandLine: "ip=10.77.0.2")
-        configuration.network = NetworkConfiguration(tap: tap)
+        let configuration = try GuestPrograms.kvstore(tap: tap, memorySize: 256 << 20)
         let machine = try Machine(configuration: configuration, console: output.append)
         try machine.start()
         guard eventually({ output.text.contains("listening") }) else { throw Failure(what: "kvstore did not start") }

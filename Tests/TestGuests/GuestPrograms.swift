@@ -16,6 +16,15 @@ public enum GuestPrograms {
         public var description: String { "Scripts/build-guests.sh failed:\n\(output)" }
     }
 
+    /// The kvstore guest at 10.77.0.2 (the test network's guest address) on `tap`.
+    public static func kvstore(tap: String, memorySize: UInt64 = 64 << 20,
+                               dirtyTracking: MachineConfiguration.DirtyTracking = .none) throws -> MachineConfiguration {
+        var configuration = MachineConfiguration(name: "kvstore", memorySize: memorySize, image: try image("kvstore"),
+                                                 commandLine: "ip=10.77.0.2 mask=255.255.255.0", dirtyTracking: dirtyTracking)
+        configuration.network = NetworkConfiguration(tap: tap)
+        return configuration
+    }
+
     /// Whether every guest image exists and is newer than every guest source file.
     static func upToDate() -> Bool {
         let build = packageRoot.appendingPathComponent("Guests/build")

@@ -17,9 +17,7 @@ struct KVStoreFailoverTests {
         let network = try TestNetwork()
         let tap = try network.addTap()
         let console = Lines()
-        var configuration = MachineConfiguration(name: "kvstore", memorySize: 64 << 20, image: try GuestPrograms.image("kvstore"),
-                                                 commandLine: "ip=10.77.0.2", dirtyTracking: .bitmap)
-        configuration.network = NetworkConfiguration(tap: tap)
+        let configuration = try GuestPrograms.kvstore(tap: tap, dirtyTracking: .bitmap)
         let primary = try Machine(configuration: configuration, console: console.sink)
         let net = try #require(primary.net)
         let output = OutputBuffer { frame in frame.withUnsafeBytes { _ = net.tap?.write($0) } }

@@ -42,9 +42,7 @@ struct BusyDeviceSaveRestoreTests {
         let network = try TestNetwork()
         let tap = try network.addTap()
         let console = ConsoleBuffer()
-        var configuration = MachineConfiguration(name: "kvstore", memorySize: 128 << 20, image: try GuestPrograms.image("kvstore"),
-                                                 commandLine: "ip=10.77.0.2")
-        configuration.network = NetworkConfiguration(tap: tap)
+        let configuration = try GuestPrograms.kvstore(tap: tap, memorySize: 128 << 20)
         let machine = try Machine(configuration: configuration, console: console.sink)
         try machine.start()
         #expect(eventually { console.text.contains("listening") })
@@ -129,9 +127,7 @@ struct BusyDeviceSaveRestoreTests {
         let network = try TestNetwork()
         let tap = try network.addTap()
         let console = ConsoleBuffer()
-        var configuration = MachineConfiguration(name: "kvstore", memorySize: 64 << 20, image: try GuestPrograms.image("kvstore"),
-                                                 commandLine: "ip=10.77.0.2", dirtyTracking: .bitmap)
-        configuration.network = NetworkConfiguration(tap: tap)
+        let configuration = try GuestPrograms.kvstore(tap: tap, dirtyTracking: .bitmap)
         let machine = try Machine(configuration: configuration, console: console.sink)
         try machine.collectDirtyPages(into: DirtyBitmap(pageCount: machine.memory.size / 4096))
         var previous = Array(machine.memory.bytes)

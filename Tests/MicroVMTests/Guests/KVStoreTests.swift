@@ -20,10 +20,7 @@ struct KVStoreTests {
         init(memory: UInt64 = 256 << 20, tracking: MachineConfiguration.DirtyTracking = .none) throws {
             network = try TestNetwork()
             tap = try network.addTap()
-            var configuration = MachineConfiguration(name: "kvstore", memorySize: memory, image: try GuestPrograms.image("kvstore"),
-                                                     commandLine: "ip=\(KVStoreTests.guestAddress) mask=255.255.255.0",
-                                                     dirtyTracking: tracking)
-            configuration.network = NetworkConfiguration(tap: tap)
+            let configuration = try GuestPrograms.kvstore(tap: tap, memorySize: memory, dirtyTracking: tracking)
             machine = try Machine(configuration: configuration, console: console.sink)
             try machine.start()
             guard eventually({ console.text.contains("listening") }) else {
