@@ -39,14 +39,14 @@ extension VCPU {
 
     /// Size in bytes of this host's XSAVE area: KVM_CAP_XSAVE2's value, or 4096.
     public func xsaveSize() throws(KVMError) -> Int {
-        max(Int(try vm.check(.xsave2)), MemoryLayout<kvm_xsave>.size)
+        max(try vm.xsave2Size(), MemoryLayout<kvm_xsave>.size)
     }
 
     /// Wraps KVM_GET_XSAVE2 (or KVM_GET_XSAVE where XSAVE2 is absent): the full
     /// extended register state (x87, SSE, AVX, ...). Needs KVM_CAP_XSAVE.
     public func xsave() throws(KVMError) -> [UInt8] {
         let size = try xsaveSize()
-        let useXSave2 = try vm.check(.xsave2) > 0
+        let useXSave2 = try vm.xsave2Size() > 0
         let raw = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 64)
         defer { raw.deallocate() }
         raw.initializeMemory(as: UInt8.self, repeating: 0)
@@ -168,6 +168,7 @@ extension VCPU {
         try cpuid.withRaw { (raw) throws(KVMError) in
             try ioctl.call("KVM_SET_CPUID2", CKVM_SET_CPUID2, pointer: raw)
         }
+        givenCPUID.withLock { $0 = cpuid }
     }
 
     /// Wraps KVM_GET_CPUID2: the CPUID entries this vCPU was given.

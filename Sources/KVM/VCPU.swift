@@ -23,6 +23,9 @@ public final class VCPU: @unchecked Sendable {
     let ring: DirtyRing?
     /// The saveable MSRs this vCPU can actually read, found on first capture.
     let readableMSRs = Mutex<[UInt32]?>(nil)
+    /// The CPUID last given with `setCPUID` (it does not change while the vCPU
+    /// runs), so state capture need not read it back every checkpoint.
+    let givenCPUID = Mutex<CPUID?>(nil)
     /// pthread_t of the thread inside `run()`, or 0.
     private let runningThread = Atomic<UInt>(0)
 

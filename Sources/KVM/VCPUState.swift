@@ -39,7 +39,8 @@ extension VCPU {
         let lapic = vm.hasIRQChip ? try self.lapic() : nil
         let msrs = try saveableMSRValues()
         let debug = try debugRegisters()
-        let cpuid = try self.cpuid()
+        let cpuid: CPUID
+        if let given = givenCPUID.withLock({ $0 }) { cpuid = given } else { cpuid = try self.cpuid() }
         return VCPUState(registers: regs, specialRegisters: sregs, xsave: xsave, xcrs: xcrs, lapic: lapic,
                          msrs: msrs, events: events, mpState: mp, debugRegisters: debug, cpuid: cpuid)
     }

@@ -48,6 +48,17 @@ public final class VirtualMachine: @unchecked Sendable {
         try ioctl.call("KVM_CHECK_EXTENSION", CKVM_CHECK_EXTENSION, UInt(capability.rawValue))
     }
 
+    private let xsave2 = Atomic<Int>(-1)
+
+    /// KVM_CAP_XSAVE2's value on this VM (0 when absent), checked once.
+    func xsave2Size() throws(KVMError) -> Int {
+        let known = xsave2.load(ordering: .relaxed)
+        if known >= 0 { return known }
+        let size = Int(max(0, try check(.xsave2)))
+        xsave2.store(size, ordering: .relaxed)
+        return size
+    }
+
     /// Entries per vCPU dirty ring, or 0 if the ring is not enabled.
     public var dirtyRingEntries: Int { ringEntries.load(ordering: .acquiring) }
 
