@@ -160,27 +160,29 @@ func pauseBenchmarks() {
 
 // MARK: guest throughput
 
-/// Time for the workload to print 40 lines (fixed work), with and without checkpointing.
+/// Time for the workload to print 40 lines (fixed work), with and without
+/// checkpointing: a heavy writer (512 pages re-dirtied per epoch) and a light one
+/// (16 pages).
 func throughputBenchmarks() {
-    for epoch in [0, 1, 5, 25] {
-        let label = epoch == 0 ? "no checkpointing" : "checkpoint every \(epoch) ms"
-        Benchmark("Guest throughput: 40 workload lines, \(label)",
-                  configuration: .init(metrics: [.wallClock], timeUnits: .milliseconds, warmupIterations: 1,
-                                       maxDuration: .seconds(15), maxIterations: 8)) { benchmark in
-            let done = DispatchSemaphore(value: 0)
-            let machine = try Machine(configuration: .init(memorySize: 64 << 20, commandLine: "pages=16 wss=512 every=20000 count=40",
-                                                           dirtyTracking: .bitmap), console: { _ in })
-            let replica = try ReplicaImage(memorySize: machine.memory.size)
-            let engine = CheckpointEngine(machine: machine, configuration: .init(epoch: .milliseconds(max(epoch, 1))))
-            engine.sink = { try? replica.apply($0) }
-            benchmark.startMeasurement()
-            try machine.start()
-            if epoch > 0 { engine.start() }
-            let reason = machine.waitUntilStopped()
-            benchmark.stopMeasurement()
-            if epoch > 0 { try? engine.stop() }
-            blackHole(reason)
-            done.signal()
+    for (weight, options) in [("heavy", "pages=16 wss=512 every=20000 count=40"), ("light", "pages=2 wss=16 every=100000 count=400")] {
+        for epoch in [0, 1, 5, 10, 25] where weight == "light" || epoch != 10 {
+            let label = epoch == 0 ? "no checkpointing" : "checkpoint every \(epoch) ms"
+            Benchmark("Guest throughput (\(weight) writer): \(weight == "light" ? 400 : 40) workload lines, \(label)",
+                      configuration: .init(metrics: [.wallClock], timeUnits: .milliseconds, warmupIterations: 1,
+                                           maxDuration: .seconds(15), maxIterations: 8)) { benchmark in
+                let machine = try Machine(configuration: .init(memorySize: 64 << 20, commandLine: options, dirtyTracking: .bitmap),
+                                          console: { _ in })
+                let replica = try ReplicaImage(memorySize: machine.memory.size)
+                let engine = CheckpointEngine(machine: machine, configuration: .init(epoch: .milliseconds(max(epoch, 1))))
+                engine.sink = { try? replica.apply($0) }
+                benchmark.startMeasurement()
+                try machine.start()
+                if epoch > 0 { engine.start() }
+                let reason = machine.waitUntilStopped()
+                benchmark.stopMeasurement()
+                if epoch > 0 { try? engine.stop() }
+                blackHole(reason)
+            }
         }
     }
 }
