@@ -53,6 +53,9 @@ public struct MachineConfiguration: Sendable, Equatable {
         guard maxSlotSize >= 2 << 20, maxSlotSize % (2 << 20) == 0 else {
             throw .invalidConfiguration("slot size \(maxSlotSize) must be a multiple of 2 MiB")
         }
+        if let network, network.mac.count != 6 {
+            throw .invalidConfiguration("MAC address of \(network.mac.count) bytes; it must be 6")
+        }
         guard commandLine.utf8.count <= BootInfo.maxCommandLine else {
             throw .invalidConfiguration("command line longer than \(BootInfo.maxCommandLine) bytes")
         }
