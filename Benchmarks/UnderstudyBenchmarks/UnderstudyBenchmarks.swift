@@ -177,7 +177,7 @@ func throughputBenchmarks() {
                 engine.sink = { try? replica.apply($0) }
                 benchmark.startMeasurement()
                 try machine.start()
-                if epoch > 0 { engine.start() }
+                if epoch > 0 { try engine.start() }
                 let reason = machine.waitUntilStopped()
                 benchmark.stopMeasurement()
                 if epoch > 0 { try? engine.stop() }

@@ -78,7 +78,7 @@ struct CheckpointEngineTests {
             do { try replica.apply(checkpoint) } catch { errors.sink(Array("\(error)\n".utf8)) }
         }
         try machine.start()
-        engine.start()
+        try engine.start()
         usleep(1_000_000)
         try engine.stop()
         #expect(errors.lines.isEmpty, "\(errors.lines.prefix(3))")

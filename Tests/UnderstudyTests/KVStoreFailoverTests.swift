@@ -35,7 +35,7 @@ struct KVStoreFailoverTests {
             }
         }
         try primary.start()
-        engine.start()
+        try engine.start()
         #expect(eventually { console.lines.contains { $0.contains("listening") } })
 
         let client = try NamespaceSocket.connect(namespacePath: network.namespacePath, host: "10.77.0.2", port: 7000)

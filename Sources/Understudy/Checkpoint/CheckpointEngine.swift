@@ -19,6 +19,30 @@ public struct EngineConfiguration: Sendable, Equatable {
         self.level = level
         self.referenceCachePages = referenceCachePages
     }
+
+    /// The shortest epoch the engine accepts.
+    public static let minimumEpoch: Duration = .microseconds(500)
+
+    /// Refuses epochs below 0.5 ms and an empty reference cache.
+    public func validate() throws(EngineError) {
+        guard epoch >= Self.minimumEpoch else { throw .invalidConfiguration("epoch \(epoch) is below \(Self.minimumEpoch)") }
+        if let pages = referenceCachePages, pages < 1 {
+            throw .invalidConfiguration("reference cache of \(pages) pages")
+        }
+    }
+}
+
+/// Errors of the checkpoint engine's own making (machine errors pass through as they are).
+public enum EngineError: Error, Equatable, Sendable, CustomStringConvertible {
+    case invalidConfiguration(String)
+    case alreadyRunning
+
+    public var description: String {
+        switch self {
+        case .invalidConfiguration(let why): "invalid engine configuration: \(why)"
+        case .alreadyRunning: "the engine is already running"
+        }
+    }
 }
 
 /// The primary-side epoch loop: at each epoch boundary pause the guest, harvest
@@ -82,8 +106,11 @@ public final class CheckpointEngine: @unchecked Sendable {
 
     // MARK: the loop
 
-    /// Starts the epoch and encoder threads.
-    public func start() {
+    /// Starts the epoch and encoder threads. Throws for an invalid configuration
+    /// or when already running.
+    public func start() throws(EngineError) {
+        try configuration.validate()
+        guard threads.isEmpty else { throw .alreadyRunning }
         stopping.store(false, ordering: .relaxed)
         epochDone.store(false, ordering: .sequentiallyConsistent)
         let epochThread = Thread { [self] in epochLoop(); finished.signal() }
