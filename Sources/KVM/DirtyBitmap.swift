@@ -47,6 +47,21 @@ public final class DirtyBitmap: @unchecked Sendable {
         for i in 0..<wordCount { words[i] |= other.words[i] }
     }
 
+    /// Marks, word by word, every page marked in `other`, shifted by `firstPage`
+    /// (a multiple of 64: a slot's bitmap merged into a whole-RAM one). Returns
+    /// whether `other` had any page marked.
+    @discardableResult
+    public func formUnion(_ other: DirtyBitmap, atPage firstPage: Int) -> Bool {
+        precondition(firstPage % 64 == 0 && firstPage + other.pageCount <= pageCount, "slot bitmap outside this bitmap")
+        var any: UInt64 = 0
+        let base = firstPage / 64
+        for i in 0..<other.wordCount {
+            any |= other.words[i]
+            words[base + i] |= other.words[i]
+        }
+        return any != 0
+    }
+
     /// Calls `body` with each marked page number, in increasing order.
     @inlinable
     public func forEachPage(_ body: (Int) throws -> Void) rethrows {

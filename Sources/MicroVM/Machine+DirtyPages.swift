@@ -18,9 +18,11 @@ extension Machine {
                 for slot in slots {
                     let log = slotBitmaps[Int(slot.slot)]
                     try vm.dirtyLog(slot: slot.slot, into: log)
-                    let first = Int(slot.guestPhysicalAddress / 4096)
-                    log.forEachPage { bitmap[first + $0] = true }
-                    try vm.clearDirtyLog(slot: slot.slot, bitmap: log)
+                    // Slots start on 2 MiB boundaries, so the merge is word by word; an
+                    // empty log needs no KVM_CLEAR_DIRTY_LOG.
+                    if bitmap.formUnion(log, atPage: Int(slot.guestPhysicalAddress / 4096)) {
+                        try vm.clearDirtyLog(slot: slot.slot, bitmap: log)
+                    }
                 }
             case .ring:
                 for vcpu in vcpus {
