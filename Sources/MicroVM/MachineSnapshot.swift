@@ -51,12 +51,14 @@ public enum MachineSnapshot {
         guard Array(header[0..<4]) == magic else { throw .invalidState(part: "snapshot", reason: "not a machine snapshot") }
         let version = UInt16(header[4]) | UInt16(header[5]) << 8
         guard version == Self.version else { throw .invalidState(part: "snapshot", reason: "version \(version)") }
-        let stateLength = header[8..<16].reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        var headerFields = ByteReader(bytes: header[8...], part: "snapshot")
+        let stateLength = try headerFields.u64()
         guard stateLength <= 64 << 20 else { throw .invalidState(part: "snapshot", reason: "state of \(stateLength) bytes") }
         let state = [UInt8](try readExactly(Int(stateLength), "state"))
         let middle = [UInt8](try readExactly(12, "memory header"))
-        let memoryLength = middle[0..<8].reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
-        let checksum = middle[8..<12].reversed().reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
+        var middleFields = ByteReader(middle, part: "snapshot")
+        let memoryLength = try middleFields.u64()
+        let checksum = try middleFields.u32()
         guard memoryLength >= 4 << 20, memoryLength <= GuestLayout.maxMemory, memoryLength % 4096 == 0 else {
             throw .invalidState(part: "snapshot", reason: "memory of \(memoryLength) bytes")
         }

@@ -82,13 +82,11 @@ struct MachineState {
         }
         let header = try payload(Tag.header)
         guard header.count == 28 else { throw .invalidState(part: "machine header", reason: "\(header.count) bytes, expected 28") }
-        func integer<I: FixedWidthInteger>(_ offset: Int, _ type: I.Type) -> I {
-            (0..<MemoryLayout<I>.size).reduce(I(0)) { $0 | I(header[offset + $1]) << (8 * $1) }
-        }
-        memorySize = integer(0, UInt64.self)
-        maxSlotSize = integer(8, UInt64.self)
-        let vcpuCount = Int(integer(16, UInt32.self))
-        switch (integer(20, UInt32.self), Int(integer(24, UInt32.self))) {
+        var fields = ByteReader(header, part: "machine header")
+        memorySize = try fields.u64()
+        maxSlotSize = try fields.u64()
+        let vcpuCount = Int(try fields.u32())
+        switch (try fields.u32(), Int(try fields.u32())) {
         case (0, _): dirtyTracking = .none
         case (1, _): dirtyTracking = .bitmap
         case (2, let entries): dirtyTracking = .ring(entries: entries)

@@ -75,8 +75,10 @@ public final class Doorbell: MMIODevice, @unchecked Sendable {
 
     public func restoreState(_ bytes: [UInt8]) throws(MachineError) {
         guard bytes.count == 9 else { throw .invalidState(part: "doorbell", reason: "\(bytes.count) bytes, expected 9") }
-        guard bytes[0] == 1 else { throw .invalidState(part: "doorbell", reason: "version \(bytes[0])") }
-        let value = (0..<8).reduce(UInt64(0)) { $0 | UInt64(bytes[1 + $1]) << (8 * UInt64($1)) }
+        var reader = ByteReader(bytes, part: "doorbell")
+        let version = try reader.u8()
+        guard version == 1 else { throw .invalidState(part: "doorbell", reason: "version \(version)") }
+        let value = try reader.u64()
         pending.withLock { $0 = value }
     }
 }

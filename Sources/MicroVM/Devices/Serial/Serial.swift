@@ -119,8 +119,9 @@ struct SerialState: Equatable {
         guard bytes[0] == Self.version else { throw .invalidState(part: "serial", reason: "version \(bytes[0])") }
         (ier, lcr, mcr, scr, fcr, dll, dlm) = (bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7])
         guard ier & 0xF0 == 0, mcr & 0xE0 == 0 else { throw .invalidState(part: "serial", reason: "reserved register bits set") }
-        droppedInput = (0..<8).reduce(UInt64(0)) { $0 | UInt64(bytes[8 + $1]) << (8 * UInt64($1)) }
-        let count = (0..<4).reduce(0) { $0 | Int(bytes[16 + $1]) << (8 * $1) }
+        var reader = ByteReader(bytes: bytes[8...], part: "serial")
+        droppedInput = try reader.u64()
+        let count = Int(try reader.u32())
         guard count <= Serial.inputCapacity, bytes.count == 20 + count else {
             throw .invalidState(part: "serial", reason: "input queue of \(count) bytes does not match \(bytes.count - 20)")
         }
