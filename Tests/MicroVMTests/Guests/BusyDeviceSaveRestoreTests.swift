@@ -49,21 +49,25 @@ struct BusyDeviceSaveRestoreTests {
         let client = try NamespaceSocket.connect(namespacePath: network.namespacePath, host: "10.77.0.2", port: 7000)
 
         let stopClient = Atomic<Bool>(false)
+        let served = Atomic<Int>(0)
         let worker = ThreadRunner<[String]> {
             var replies: [String] = []
             while !stopClient.load(ordering: .relaxed) {
                 replies.append(try client.command("INCR counter"))
+                served.add(1, ordering: .relaxed)
             }
             return replies
         }
         usleep(150_000)
         let snapshot = try Self.snapshotAndStop(machine)
         defer { try? FileManager.default.removeItem(atPath: snapshot) }
+        let beforeMove = served.load(ordering: .relaxed)
 
         let newConsole = ConsoleBuffer()
         let process = try Self.resume(snapshot: snapshot, tap: tap, disk: nil, console: newConsole)
         defer { if process.isRunning { process.terminate() }; process.waitUntilExit() }
-        usleep(1_500_000)
+        // Progress, not time: the new process must serve 50 more replies.
+        _ = eventually(timeout: 60) { served.load(ordering: .relaxed) >= beforeMove + 50 }
         stopClient.store(true, ordering: .relaxed)
         let replies: [String]
         do { replies = try worker.join() } catch {
@@ -96,20 +100,22 @@ struct BusyDeviceSaveRestoreTests {
         #expect(eventually { console.text.contains("found 0 records") })
         let client = try NamespaceSocket.connect(namespacePath: network.namespacePath, host: "10.77.0.2", port: 7001)
         let stopClient = Atomic<Bool>(false)
+        let reports = Atomic<Int>(0)
         let reader = ThreadRunner<[Int]> {
             var reported: [Int] = []
             while !stopClient.load(ordering: .relaxed) {
                 let line = try client.readLine()
-                if line.hasPrefix("flushed "), let n = Int(line.dropFirst(8)) { reported.append(n) }
+                if line.hasPrefix("flushed "), let n = Int(line.dropFirst(8)) { reported.append(n); reports.add(1, ordering: .relaxed) }
             }
             return reported
         }
         usleep(200_000)
         let snapshot = try Self.snapshotAndStop(machine)
         defer { try? FileManager.default.removeItem(atPath: snapshot) }
+        let beforeMove = reports.load(ordering: .relaxed)
 
         let process = try Self.resume(snapshot: snapshot, tap: tap, disk: disk, console: ConsoleBuffer())
-        usleep(1_500_000)
+        _ = eventually(timeout: 60) { reports.load(ordering: .relaxed) >= beforeMove + 25 }
         stopClient.store(true, ordering: .relaxed)
         let reported = try reader.join()
         process.terminate()
