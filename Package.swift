@@ -25,7 +25,7 @@ let package = Package(
         .target(name: "KVM", dependencies: ["CKVM"]),
 
         // The fault-tolerance engine.
-        .target(name: "Understudy", dependencies: ["KVM", "CLZ4", "CZstd"]),
+        .target(name: "Understudy", dependencies: ["KVM", "CLZ4", "CZstd", .product(name: "Logging", package: "swift-log")]),
 
         // The reference VMM.
         .target(name: "MicroVM", dependencies: ["KVM", "Understudy", .product(name: "Logging", package: "swift-log")]),

@@ -20,8 +20,8 @@ struct KVStoreFailoverTests {
         let configuration = try GuestPrograms.kvstore(tap: tap, dirtyTracking: .bitmap)
         let primary = try Machine(configuration: configuration, console: console.sink)
         let net = try #require(primary.net)
-        let output = OutputBuffer { frame in frame.withUnsafeBytes { _ = net.tap?.write($0) } }
-        net.egress = { output.hold($0) }
+        let output = OutputBuffer { _, frame in frame.withUnsafeBytes { _ = net.tap?.write($0) } }
+        net.egress = { output.hold(.network, $0) }
         let engine = CheckpointEngine(machine: primary, configuration: .init(epoch: .milliseconds(1)))
         let replica = try ReplicaImage(memorySize: primary.memory.size)
         let applyErrors = Mutex(0)

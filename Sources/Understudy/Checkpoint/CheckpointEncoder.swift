@@ -14,7 +14,7 @@ public final class CheckpointEncoder {
     }
 
     /// Encodes `staged`. A full checkpoint encodes every page without deltas.
-    public func encode(_ staged: StagedCheckpoint, output: [UInt8] = []) -> Checkpoint {
+    public func encode(_ staged: StagedCheckpoint) -> Checkpoint {
         var pages: [UInt8] = []
         pages.reserveCapacity(staged.count * 64 + 64)
         for index in 0..<staged.count {
@@ -34,6 +34,6 @@ public final class CheckpointEncoder {
             cache.store(page, contents: contents)
         }
         return Checkpoint(sequence: staged.sequence, isFull: staged.isFull, pageCount: staged.count,
-                          pages: pages, state: staged.state, output: output)
+                          pages: pages, state: staged.state, output: staged.output)
     }
 }

@@ -96,8 +96,8 @@ public final class CheckpointEngine: @unchecked Sendable {
         let isFull = nextSequence == 0
         if isFull { for i in 0..<dirty.pageCount { dirty[i] = true } }
         let state = try machine.saveCheckpointState()
-        outputBuffer?.closeEpoch(nextSequence)
-        staged.fill(sequence: nextSequence, isFull: isFull, dirty: dirty, memory: machine.guestMemoryBase, state: state)
+        let output = outputBuffer?.closeEpoch(nextSequence) ?? []
+        staged.fill(sequence: nextSequence, isFull: isFull, dirty: dirty, memory: machine.guestMemoryBase, state: state, output: output)
         nextSequence += 1
     }
 

@@ -11,6 +11,9 @@ public final class ReplicaImage: @unchecked Sendable {
     public let memory: SharedMemory
     /// The committed machine state (empty before the first checkpoint).
     public private(set) var state: [UInt8] = []
+    /// The external output of the committed checkpoint's epoch (`OutputRecord`
+    /// bytes): what a standby taking over releases first.
+    public private(set) var output: [UInt8] = []
     /// The sequence number of the committed checkpoint, nil before the first.
     public private(set) var committedSequence: UInt64?
     private let codec = PageCodec()
@@ -35,6 +38,7 @@ public final class ReplicaImage: @unchecked Sendable {
         case outOfSequence(expected: UInt64?, got: UInt64)
         case firstMustBeFull
         case badPage(index: Int, reason: String)
+        case badOutput(String)
 
         public var description: String {
             switch self {
@@ -42,6 +46,7 @@ public final class ReplicaImage: @unchecked Sendable {
             case .outOfSequence(let expected, let got): "checkpoint \(got) out of sequence (expected \(expected.map(String.init) ?? "a full checkpoint"))"
             case .firstMustBeFull: "the first checkpoint must be a full image"
             case .badPage(let index, let reason): "page record \(index): \(reason)"
+            case .badOutput(let reason): "output: \(reason)"
             }
         }
     }
@@ -54,12 +59,14 @@ public final class ReplicaImage: @unchecked Sendable {
         } else {
             guard checkpoint.isFull else { throw .firstMustBeFull }
         }
+        do { _ = try OutputRecord.decode(checkpoint.output) } catch { throw .badOutput(error.description) }
         try decodeIntoStaging(checkpoint)
         // Commit: nothing below can fail.
         for (index, page) in stagedPages.enumerated() {
             (memory.base + page * pageSize).copyMemory(from: staging + index * pageSize, byteCount: pageSize)
         }
         state = checkpoint.state
+        output = checkpoint.output
         committedSequence = checkpoint.sequence
     }
 

@@ -1,0 +1,262 @@
+import Foundation
+import Logging
+import Synchronization
+
+/// How the primary replicates.
+public struct PrimaryConfiguration: Sendable {
+    public var standby: SocketAddress
+    public var engine: EngineConfiguration
+    /// No frame from the standby for this long and it is declared lost.
+    public var heartbeatTimeout: Duration
+    /// Between attempts to reach a standby.
+    public var reconnectInterval: Duration
+    /// What the standby must be able to give the guest, and the guest's MAC.
+    public var devices: Hello.Devices
+    public var mac: [UInt8]
+
+    public init(standby: SocketAddress, engine: EngineConfiguration = EngineConfiguration(),
+                heartbeatTimeout: Duration = StandbyConfiguration.defaultHeartbeatTimeout,
+                reconnectInterval: Duration = .seconds(1), devices: Hello.Devices = [], mac: [UInt8] = [0, 0, 0, 0, 0, 0]) {
+        self.standby = standby
+        self.engine = engine
+        self.heartbeatTimeout = heartbeatTimeout
+        self.reconnectInterval = reconnectInterval
+        self.devices = devices
+        self.mac = mac
+    }
+}
+
+/// The primary's side: connects to the standby, streams checkpoints from a
+/// `CheckpointEngine`, releases held output as acknowledgements arrive, and
+/// watches the standby through heartbeats.
+///
+/// Without a standby (never reached, lost, or refusing) the guest runs on
+/// unprotected: held output is released, later output passes straight through,
+/// the log says so at `critical` level, and `status` is `.unprotected`. The
+/// primary keeps trying to reach a standby; a new one gets a full image first,
+/// then checkpoints, and protection resumes.
+public final class ReplicationPrimary: @unchecked Sendable {
+    public enum Status: String, Sendable {
+        /// Trying to reach the standby for the first time; output is held.
+        case connecting
+        /// The standby is receiving the full image; output is held.
+        case synchronizing
+        /// The standby has committed a checkpoint; output is released on acknowledgement.
+        case protected
+        /// No standby: output passes through, a failure of this host loses the guest.
+        case unprotected
+        /// Stopped.
+        case stopped
+    }
+
+    public let machine: any ReplicatedMachine
+    public let output: OutputBuffer
+    public let configuration: PrimaryConfiguration
+    private let logger: Logger
+    private let state = Mutex<(status: Status, engine: CheckpointEngine?, sessions: Int, acked: UInt64?)>((.connecting, nil, 0, nil))
+    private let stopping = Atomic<Bool>(false)
+    private let wake = DispatchSemaphore(value: 0)
+    private let finished = DispatchSemaphore(value: 0)
+    private var supervisor: Thread?
+    /// Statistics of finished sessions' engines, and the current one's.
+    private let pastStatistics = Mutex<[EpochStatistics]>([])
+    private let wire = Mutex<(bytes: Int, checkpoints: Int)>((0, 0))
+
+    public init(machine: any ReplicatedMachine, output: OutputBuffer, configuration: PrimaryConfiguration, logger: Logger) {
+        self.machine = machine
+        self.output = output
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    public var status: Status { state.withLock { $0.status } }
+    /// Replication sessions started so far (1 for the first standby, more after reconnects).
+    public var sessions: Int { state.withLock { $0.sessions } }
+    /// The newest checkpoint the current standby acknowledged.
+    public var acknowledged: UInt64? { state.withLock { $0.acked } }
+    /// Per-epoch figures of every session so far.
+    public var statistics: [EpochStatistics] {
+        pastStatistics.withLock { $0 } + (state.withLock { $0.engine }?.statistics ?? [])
+    }
+    /// Bytes and checkpoints sent on the wire, all sessions.
+    public var wireTotals: (bytes: Int, checkpoints: Int) { wire.withLock { $0 } }
+
+    /// Starts the supervisor thread; the machine must be running.
+    public func start() throws(EngineError) {
+        try configuration.engine.validate()
+        guard supervisor == nil else { throw .alreadyRunning }
+        let thread = Thread { [self] in supervise(); finished.signal() }
+        thread.name = "understudy-primary"
+        supervisor = thread
+        thread.start()
+    }
+
+    /// Stops replicating in order: the last captured checkpoints are sent and,
+    /// for a bounded time, their acknowledgements awaited; the standby is told
+    /// goodbye (so it does not take over) and remaining output is released.
+    public func stop(reason: String = "the primary is stopping") {
+        goodbyeReason.withLock { $0 = reason }
+        stopping.store(true, ordering: .relaxed)
+        wake.signal()
+        if supervisor != nil { finished.wait() }
+        supervisor = nil
+    }
+
+    private let goodbyeReason = Mutex<String>("")
+
+    private func setStatus(_ status: Status) {
+        let old = state.withLock { value in
+            defer { value.status = status }
+            return value.status
+        }
+        guard old != status else { return }
+        switch status {
+        case .unprotected:
+            logger.critical("RUNNING UNPROTECTED: no standby holds this guest; a failure of this host loses it",
+                            metadata: ["standby": "\(configuration.standby)"])
+        case .protected:
+            logger.notice("protected by the standby", metadata: ["standby": "\(configuration.standby)"])
+        default:
+            logger.info("replication \(status.rawValue)")
+        }
+    }
+
+    private func supervise() {
+        var everConnected = false
+        let firstAttemptEnds = ContinuousClock.now + .seconds(5)
+        while !stopping.load(ordering: .relaxed) {
+            let link: FrameConnection
+            do {
+                link = try connect()
+            } catch let error as WireError {
+                if case .refused = error {
+                    logger.error("the standby refused this guest: \(error)")
+                } else if everConnected || ContinuousClock.now >= firstAttemptEnds {
+                    logger.debug("standby unreachable: \(error)")
+                }
+                // Hold output only while first trying; after that, run on and say so.
+                if everConnected || ContinuousClock.now >= firstAttemptEnds {
+                    output.passThrough()
+                    setStatus(.unprotected)
+                }
+                _ = wake.wait(timeout: .now() + .milliseconds(configuration.reconnectInterval.milliseconds))
+                continue
+            } catch {
+                logger.error("standby: \(error)")
+                continue
+            }
+            everConnected = true
+            runSession(link)
+        }
+        output.passThrough()
+        setStatus(.stopped)
+    }
+
+    private func connect() throws -> FrameConnection {
+        let connection = try TCPConnection.connect(to: configuration.standby, timeout: .seconds(1))
+        let link = FrameConnection(connection)
+        let hello = Hello(session: Hello.newSession(), memorySize: UInt64(machine.guestMemorySize), devices: configuration.devices,
+                          epochMicroseconds: UInt32(clamping: configuration.engine.epoch.milliseconds * 1000), mac: configuration.mac)
+        try link.send(Frame(.hello, payload: hello.payload))
+        let reply = try link.receive(timeout: .seconds(5))
+        switch reply.kind {
+        case .welcome:
+            let echoed = try Hello(payload: reply.payload)
+            guard echoed.session == hello.session else { throw WireError.unexpected("welcome for another session") }
+        case .refuse:
+            throw WireError.refused(String(decoding: reply.payload.prefix(1024), as: UTF8.self))
+        default:
+            throw WireError.unexpected("\(reply.kind) in answer to hello")
+        }
+        logger.info("standby accepted the session", metadata: ["standby": "\(configuration.standby)", "session": "\(hello.sessionText)"])
+        return link
+    }
+
+    /// One standby, from full image to loss or stop.
+    private func runSession(_ link: FrameConnection) {
+        let lost = Mutex<String?>(nil)
+        let markLost: @Sendable (String) -> Void = { [wake] reason in
+            let first = lost.withLock { value in
+                defer { if value == nil { value = reason } }
+                return value == nil
+            }
+            if first { link.shutdown(); wake.signal() }
+        }
+        output.protect()
+        let engine = CheckpointEngine(machine: machine, configuration: configuration.engine)
+        engine.outputBuffer = output
+        let log = logger
+        engine.sink = { [self] checkpoint in
+            guard lost.withLock({ $0 }) == nil else { return }
+            var sentBytes = 0
+            var tenth = 0
+            do {
+                try CheckpointFrames.forEach(checkpoint) { (frame) throws(WireError) in
+                    try link.send(frame)
+                    sentBytes += frame.payload.count + Frame.headerSize
+                    if checkpoint.isFull, checkpoint.encodedSize > 0, sentBytes * 10 / checkpoint.encodedSize > tenth {
+                        tenth = sentBytes * 10 / checkpoint.encodedSize
+                        log.info("sending the full image: \(min(tenth, 10) * 10)% of \(checkpoint.encodedSize >> 10) KiB")
+                    }
+                }
+                wire.withLock { $0.bytes += sentBytes; $0.checkpoints += 1 }
+            } catch {
+                markLost("sending checkpoint \(checkpoint.sequence): \(error)")
+            }
+        }
+        state.withLock { $0.engine = engine; $0.sessions += 1; $0.acked = nil }
+        setStatus(.synchronizing)
+        let receiver = Thread { [self] in
+            while lost.withLock({ $0 }) == nil {
+                do {
+                    let frame = try link.receive(timeout: configuration.heartbeatTimeout)
+                    switch frame.kind {
+                    case .ack:
+                        state.withLock { $0.acked = frame.sequence }
+                        output.commit(upTo: frame.sequence)
+                        if frame.sequence == 0 { setStatus(.protected) }
+                    case .heartbeat:
+                        continue
+                    case .goodbye, .refuse:
+                        markLost("the standby ended the session: \(String(decoding: frame.payload.prefix(1024), as: UTF8.self))")
+                    default:
+                        markLost("the standby sent \(frame.kind)")
+                    }
+                } catch {
+                    markLost("\(error)")
+                }
+            }
+        }
+        receiver.name = "understudy-primary-acks"
+        receiver.start()
+        let heartbeats = Heartbeats.start(on: link, every: configuration.heartbeatTimeout / 4, name: "understudy-primary-heartbeat")
+        do {
+            try engine.start()
+        } catch {
+            markLost("\(error)")
+        }
+        while lost.withLock({ $0 }) == nil && !stopping.load(ordering: .relaxed) { wake.wait() }
+
+        if let reason = lost.withLock({ $0 }) {
+            try? engine.stop()
+            heartbeats.stop()
+            logger.error("standby lost: \(reason)")
+            output.passThrough()
+            setStatus(.unprotected)
+        } else {
+            // Orderly stop: deliver what was captured, wait (bounded) for its acknowledgement.
+            do { try engine.stop() } catch { logger.debug("engine stopped: \(error)") }
+            let last = engine.statistics.last?.sequence
+            let deadline = ContinuousClock.now + configuration.heartbeatTimeout
+            while let last, ContinuousClock.now < deadline, lost.withLock({ $0 }) == nil,
+                  (state.withLock { $0.acked } ?? .max) < last || state.withLock({ $0.acked }) == nil {
+                Thread.sleep(forTimeInterval: 0.002)
+            }
+            heartbeats.stop()
+            try? link.send(Frame(.goodbye, payload: Array(goodbyeReason.withLock { $0 }.utf8.prefix(1024))))
+            markLost("stopped")
+        }
+        pastStatistics.withLock { $0 += engine.statistics }
+        state.withLock { $0.engine = nil }
+    }
+}

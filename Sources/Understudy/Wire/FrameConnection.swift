@@ -1,0 +1,50 @@
+import Foundation
+
+/// Frames over a TCP connection: `send` is safe from several threads (a frame
+/// is never interleaved with another); `receive` belongs to one reader thread.
+public final class FrameConnection: @unchecked Sendable {
+    public let connection: TCPConnection
+    private var decoder = FrameDecoder()
+    private let sendLock = NSLock()
+    private let receiveBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 256 << 10, alignment: 16)
+    /// Bytes sent, for statistics.
+    public private(set) var bytesSent = 0
+
+    public init(_ connection: TCPConnection) { self.connection = connection }
+
+    deinit { receiveBuffer.deallocate() }
+
+    public var peer: String { connection.peer }
+
+    /// Sends one frame.
+    public func send(_ frame: Frame) throws(WireError) {
+        let bytes = frame.encoded
+        sendLock.lock()
+        defer { sendLock.unlock() }
+        try connection.send(bytes)
+        bytesSent += bytes.count
+    }
+
+    /// Sends several frames back to back, none interleaved with another thread's.
+    public func send(_ frames: [Frame]) throws(WireError) {
+        sendLock.lock()
+        defer { sendLock.unlock() }
+        for frame in frames {
+            let bytes = frame.encoded
+            try connection.send(bytes)
+            bytesSent += bytes.count
+        }
+    }
+
+    /// The next frame, waiting at most `timeout` for bytes to arrive.
+    public func receive(timeout: Duration) throws(WireError) -> Frame {
+        while true {
+            if let frame = try decoder.next() { return frame }
+            let count = try connection.receive(into: receiveBuffer, timeout: timeout)
+            decoder.append(UnsafeRawBufferPointer(rebasing: receiveBuffer[0..<count]))
+        }
+    }
+
+    /// Ends the connection; blocked calls on other threads return with an error.
+    public func shutdown() { connection.shutdown() }
+}

@@ -1,0 +1,90 @@
+/// The handshake's opening (primary -> standby) and, with the same layout, the
+/// standby's welcome: what the standby must match to hold a replica of this guest.
+public struct Hello: Sendable, Equatable {
+    public static let protocolVersion: UInt16 = 1
+    public static let payloadSize = 52
+
+    public var version: UInt16
+    /// Random per session: a new standby, or a reconnect, is a new session.
+    public var session: [UInt8]
+    public var memorySize: UInt64
+    public var pageSize: UInt32
+    /// Bit n set: the sender can decode `PageEncoding(rawValue: n)`.
+    public var codecFeatures: UInt32
+    public var devices: Devices
+    /// The primary's epoch in microseconds (informational).
+    public var epochMicroseconds: UInt32
+    /// The guest's network card's MAC (six zeros without one): the standby's card must have it.
+    public var mac: [UInt8]
+
+    public struct Devices: OptionSet, Sendable, Equatable {
+        public let rawValue: UInt32
+        public init(rawValue: UInt32) { self.rawValue = rawValue }
+        public static let network = Devices(rawValue: 1)
+        public static let disk = Devices(rawValue: 2)
+    }
+
+    /// Every page encoding this build decodes.
+    public static let supportedCodecFeatures: UInt32 = PageEncoding.allCases.reduce(0) { $0 | 1 << UInt32($1.rawValue) }
+
+    public init(session: [UInt8], memorySize: UInt64, devices: Devices, epochMicroseconds: UInt32,
+                mac: [UInt8] = [0, 0, 0, 0, 0, 0], version: UInt16 = Hello.protocolVersion, pageSize: UInt32 = 4096,
+                codecFeatures: UInt32 = Hello.supportedCodecFeatures) {
+        self.version = version
+        self.session = session
+        self.memorySize = memorySize
+        self.pageSize = pageSize
+        self.codecFeatures = codecFeatures
+        self.devices = devices
+        self.epochMicroseconds = epochMicroseconds
+        self.mac = mac.count == 6 ? mac : [0, 0, 0, 0, 0, 0]
+    }
+
+    /// A fresh random session id.
+    public static func newSession() -> [UInt8] {
+        var generator = SystemRandomNumberGenerator()
+        return (0..<16).map { _ in UInt8.random(in: 0...255, using: &generator) }
+    }
+
+    public var sessionText: String { session.prefix(6).map { String($0, radix: 16).leftPadded(to: 2) }.joined() }
+
+    public var payload: [UInt8] {
+        var out: [UInt8] = []
+        out.appendLittleEndian(version)
+        out.appendLittleEndian(UInt16(0))
+        out += session
+        out.appendLittleEndian(memorySize)
+        out.appendLittleEndian(pageSize)
+        out.appendLittleEndian(codecFeatures)
+        out.appendLittleEndian(devices.rawValue)
+        out.appendLittleEndian(epochMicroseconds)
+        out += mac
+        out += [0, 0]
+        return out
+    }
+
+    /// Reads a hello (or welcome) payload. The version is read first, so a peer
+    /// of another version gets "version N" rather than a length complaint.
+    public init(payload: [UInt8]) throws(WireError) {
+        var reader = PayloadReader(payload, what: "hello")
+        version = try reader.integer()
+        guard version == Self.protocolVersion else {
+            throw .refused("protocol version \(version), this side speaks version \(Self.protocolVersion)")
+        }
+        guard payload.count == Self.payloadSize else { throw .malformed("hello payload of \(payload.count) bytes, expected \(Self.payloadSize)") }
+        _ = try reader.integer(UInt16.self)
+        session = Array(try reader.take(16))
+        memorySize = try reader.integer()
+        pageSize = try reader.integer()
+        codecFeatures = try reader.integer()
+        devices = Devices(rawValue: try reader.integer())
+        epochMicroseconds = try reader.integer()
+        mac = Array(try reader.take(6))
+        _ = try reader.take(2)
+        try reader.finish()
+    }
+}
+
+extension String {
+    func leftPadded(to width: Int) -> String { String(repeating: "0", count: max(0, width - count)) + self }
+}
