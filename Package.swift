@@ -9,6 +9,7 @@ let package = Package(
         .library(name: "MicroVM", targets: ["MicroVM"]),
         .library(name: "Understudy", targets: ["Understudy"]),
         .executable(name: "understudy-primary", targets: ["understudy-primary"]),
+        .executable(name: "understudy-standby", targets: ["understudy-standby"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -33,7 +34,15 @@ let package = Package(
         .executableTarget(
             name: "understudy-primary",
             dependencies: [
-                "MicroVM",
+                "MicroVM", "Understudy",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "understudy-standby",
+            dependencies: [
+                "MicroVM", "Understudy",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Understudy
 
 /// Runs one machine in the foreground with its console on standard output until
 /// the guest ends or the process gets SIGINT or SIGTERM; what
@@ -28,11 +29,25 @@ public enum ConsoleRunner {
         thread.start()
     }
 
+    /// Whether a standby protects the machine.
+    public enum Protection: Sendable {
+        case unprotected
+        /// Replicate to this standby (`devices` and `mac` are filled in from the machine).
+        case standby(PrimaryConfiguration)
+    }
+
     /// Runs to the end. Returns the process exit status: the guest's exit code
     /// (clamped to 0...255), 0 after a signal, 1 when the machine failed.
-    public static func run(_ source: Source, logger: Logger) throws(MachineError) -> Int32 {
-        let output = FileHandle.standardOutput
-        let console: @Sendable ([UInt8]) -> Void = { bytes in output.write(Data(bytes)) }
+    ///
+    /// Console bytes and network frames go through one `OutputBuffer`: with a
+    /// standby they are released when their checkpoint is acknowledged; without
+    /// one they pass straight through.
+    public static func run(_ source: Source, protection: Protection = .unprotected, logger: Logger) throws(MachineError) -> Int32 {
+        let world = WorldOutput()
+        let output = OutputBuffer(protected: { if case .standby = protection { true } else { false } }()) { kind, bytes in
+            world.release(kind, bytes)
+        }
+        let console: @Sendable ([UInt8]) -> Void = { bytes in bytes.withUnsafeBytes { output.hold(.console, $0) } }
         let machine: Machine
         switch source {
         case .boot(let configuration):
@@ -46,7 +61,30 @@ public enum ConsoleRunner {
                                   console: console, logger: logger)
             logger.info("resuming snapshot", metadata: ["path": "\(path)", "vcpus": "\(machine.vcpus.count)"])
         }
+        world.tap = machine.net?.tap
+        machine.net?.egress = { output.hold(.network, $0) }
 
+        var primary: ReplicationPrimary?
+        if case .standby(var configuration) = protection {
+            configuration.devices = []
+            if let net = machine.net {
+                configuration.devices.insert(.network)
+                configuration.mac = net.mac
+            }
+            if machine.configuration.disk != nil { configuration.devices.insert(.disk) }
+            primary = ReplicationPrimary(machine: machine, output: output, configuration: configuration, logger: logger)
+        }
+        return try runToEnd(machine, logger: logger) { () throws(MachineError) in
+            do { try primary?.start() } catch { throw .invalidConfiguration("\(error)") }
+        } stopping: { reason in
+            primary?.stop(reason: "\(reason)")
+        }
+    }
+
+    /// Starts `machine` with signal handling and standard input forwarded,
+    /// calls `started` once it runs, waits for it to stop, calls `stopping`.
+    static func runToEnd(_ machine: Machine, logger: Logger, started: () throws(MachineError) -> Void = {},
+                         stopping: (StopReason) -> Void = { _ in }) throws(MachineError) -> Int32 {
         signal(SIGINT, SIG_IGN)
         signal(SIGTERM, SIG_IGN)
         let queue = DispatchQueue(label: "signals")
@@ -62,8 +100,16 @@ public enum ConsoleRunner {
         defer { sources.forEach { $0.cancel() } }
 
         try machine.start()
+        do {
+            try started()
+        } catch {
+            machine.requestStop()
+            _ = machine.waitUntilStopped()
+            throw error
+        }
         forwardStandardInput(to: machine)
         let reason = machine.waitUntilStopped() ?? .requested
+        stopping(reason)
         switch reason {
         case .guestExit(let code):
             logger.info("guest exited", metadata: ["code": "\(code)"])
@@ -74,6 +120,19 @@ public enum ConsoleRunner {
         default:
             logger.error("machine failed: \(reason)")
             return 1
+        }
+    }
+}
+
+/// Where released output goes: console bytes to standard output, frames to the tap.
+final class WorldOutput: @unchecked Sendable {
+    var tap: Tap?
+    private let standardOutput = FileHandle.standardOutput
+
+    func release(_ kind: OutputRecord.Kind, _ bytes: [UInt8]) {
+        switch kind {
+        case .console: standardOutput.write(Data(bytes))
+        case .network: bytes.withUnsafeBytes { _ = tap?.write($0) }
         }
     }
 }

@@ -2,21 +2,42 @@ import ArgumentParser
 import Foundation
 import Logging
 import MicroVM
+import Understudy
 
-/// The primary host's command: runs a guest, protected by a standby (coming with
-/// replication) or unprotected. Argument parsing only; MicroVM does the work.
+/// The primary host's command: runs a guest, protected by a standby or
+/// unprotected. Argument parsing only; MicroVM and Understudy do the work.
 struct UnderstudyPrimary: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "understudy-primary",
         abstract: "Run a KVM guest on the primary host.",
-        discussion: "With no --guest, the built-in workload guest runs. Its serial output appears on standard output; Ctrl-C or SIGTERM stops it cleanly."
+        discussion: """
+            With no --guest, the built-in workload guest runs. Its serial output appears on standard output \
+            (after output commit: each epoch's output once the standby has its checkpoint); Ctrl-C or SIGTERM \
+            stops it cleanly and tells the standby not to take over.
+
+            Protected:   understudy-standby --listen 127.0.0.1:7700 &
+                         understudy-primary --standby 127.0.0.1:7700
+            Unprotected: understudy-primary --unprotected
+            """
     )
 
     @Flag(help: "Run with no standby (no protection).")
     var unprotected = false
 
-    @Option(help: "Standby to replicate to, HOST:PORT (not available yet: use --unprotected).")
+    @Option(help: "Standby to replicate to, HOST:PORT (start understudy-standby there first).")
     var standby: String?
+
+    @Option(help: "Epoch length between checkpoints, e.g. 1ms, 5ms, 25ms (at least 0.5ms).")
+    var epoch = "5ms"
+
+    @Option(help: "Page compression: auto, none, lz4 or zstd (zstd for slow links).")
+    var codec = "auto"
+
+    @Option(help: "Declare the standby lost after this long without a frame from it.")
+    var heartbeatTimeout = "500ms"
+
+    @Option(help: "How KVM reports dirty pages with a standby: bitmap or ring.")
+    var dirtyTracking = "bitmap"
 
     @Option(help: "Guest image: an ELF64 executable, or a raw image loaded and entered at 0x100000.")
     var guest: String?
@@ -46,12 +67,20 @@ struct UnderstudyPrimary: ParsableCommand {
     var verbose = false
 
     func validate() throws {
-        guard unprotected || standby != nil else {
-            throw ValidationError("choose --unprotected or --standby HOST:PORT")
+        guard unprotected != (standby != nil) else {
+            throw ValidationError("choose exactly one of --unprotected or --standby HOST:PORT")
         }
-        guard standby == nil else {
-            throw ValidationError("replication to a standby is not available in this version; run with --unprotected")
+        if let standby {
+            do { _ = try SocketAddress(parsing: standby) } catch { throw ValidationError("--standby: \(error)") }
         }
+        guard let epochLength = DurationText.parse(epoch) else { throw ValidationError("cannot read epoch '\(epoch)' (try 1ms, 5ms, 25ms)") }
+        guard epochLength >= EngineConfiguration.minimumEpoch else { throw ValidationError("--epoch must be at least 0.5ms") }
+        guard CodecLevel(rawValue: codec) != nil else { throw ValidationError("--codec must be auto, none, lz4 or zstd, not '\(codec)'") }
+        guard let timeout = DurationText.parse(heartbeatTimeout), timeout >= .milliseconds(20) else {
+            throw ValidationError("cannot read heartbeat timeout '\(heartbeatTimeout)' (at least 20ms)")
+        }
+        guard ["bitmap", "ring"].contains(dirtyTracking) else { throw ValidationError("--dirty-tracking must be bitmap or ring") }
+        guard (1...8).contains(vcpus) else { throw ValidationError("--vcpus must be 1 to 8") }
         guard MemorySize.parse(memory) != nil else { throw ValidationError("cannot read memory size '\(memory)'") }
         guard MACAddress.parse(mac) != nil else { throw ValidationError("cannot read MAC address '\(mac)'") }
     }
@@ -81,10 +110,21 @@ struct UnderstudyPrimary: ParsableCommand {
                                                      image: image, commandLine: cmdline)
             configuration.network = network
             configuration.disk = diskConfiguration
+            if standby != nil {
+                configuration.dirtyTracking = dirtyTracking == "ring" ? .ring(entries: 65536) : .bitmap
+            }
             source = .boot(configuration)
         }
+        var protection = ConsoleRunner.Protection.unprotected
+        if let standby, let address = try? SocketAddress(parsing: standby) {
+            let engine = EngineConfiguration(epoch: DurationText.parse(epoch) ?? .milliseconds(5), level: CodecLevel(rawValue: codec) ?? .auto)
+            protection = .standby(PrimaryConfiguration(standby: address, engine: engine,
+                                                       heartbeatTimeout: DurationText.parse(heartbeatTimeout) ?? .milliseconds(500)))
+        } else {
+            logger.warning("running unprotected (--unprotected): a failure of this host loses the guest")
+        }
         do {
-            let status = try ConsoleRunner.run(source, logger: logger)
+            let status = try ConsoleRunner.run(source, protection: protection, logger: logger)
             throw ExitCode(status)
         } catch let error as MachineError {
             logger.error("\(error)")

@@ -59,6 +59,8 @@ public final class CheckpointEngine: @unchecked Sendable {
     public var sink: (@Sendable (Checkpoint) -> Void)?
     /// Output held until its checkpoint commits; the engine closes its epochs.
     public var outputBuffer: OutputBuffer?
+    /// Called (on the epoch thread) when an epoch fails and the loop ends; `stop()` rethrows the error.
+    public var failureHandler: (@Sendable (any Error) -> Void)?
 
     private let dirty: DirtyBitmap
     private let encoder: CheckpointEncoder
@@ -158,6 +160,7 @@ public final class CheckpointEngine: @unchecked Sendable {
                 try? machine.resumeAfterCheckpoint()        // never leave the guest paused
                 free.signal()
                 stopping.store(true, ordering: .relaxed)
+                failureHandler?(error)
                 break
             }
             let pause = clock.now - started

@@ -147,6 +147,9 @@ public final class ReplicationPrimary: @unchecked Sendable {
             }
             everConnected = true
             runSession(link)
+            if !stopping.load(ordering: .relaxed) {
+                _ = wake.wait(timeout: .now() + .milliseconds(configuration.reconnectInterval.milliseconds))
+            }
         }
         output.passThrough()
         setStatus(.stopped)
@@ -185,6 +188,7 @@ public final class ReplicationPrimary: @unchecked Sendable {
         output.protect()
         let engine = CheckpointEngine(machine: machine, configuration: configuration.engine)
         engine.outputBuffer = output
+        engine.failureHandler = { error in markLost("checkpointing failed: \(error)") }
         let log = logger
         engine.sink = { [self] checkpoint in
             guard lost.withLock({ $0 }) == nil else { return }

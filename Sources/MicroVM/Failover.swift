@@ -1,0 +1,59 @@
+import Foundation
+import Logging
+import Understudy
+
+/// Turns a standby's committed replica into the running guest: builds the
+/// machine on the replica's memfd (no copy of guest RAM), attaches the tap,
+/// announces the guest's MAC and addresses, releases the last committed
+/// epoch's output, and leaves the machine ready to start. Each step is timed
+/// and logged.
+enum Failover {
+    static func activate(_ receiver: StandbyReceiver, options: StandbyRunner.Options, world: WorldOutput,
+                         logger: Logger) throws(MachineError) -> Machine {
+        guard let replica = receiver.replica, let sequence = replica.committedSequence, let hello = receiver.hello else {
+            throw .wrongState("no committed checkpoint to take over from")
+        }
+        let clock = ContinuousClock()
+        let began = clock.now
+        let sinceCommit = receiver.lastCommit.map { began - $0 } ?? .zero
+        let network = options.tap.map { NetworkConfiguration(tap: $0, mac: hello.mac) }
+        let console: @Sendable ([UInt8]) -> Void = { world.release(.console, $0) }
+        let machine = try Machine(restoring: replica.state, memory: replica.memory, network: network, disk: options.disk,
+                                  console: console, logger: logger)
+        world.tap = machine.net?.tap
+        let built = clock.now
+
+        var announced = 0
+        if let tap = machine.net?.tap {
+            for frame in Announcement.frames(mac: hello.mac, addresses: receiver.guestAddresses) {
+                frame.withUnsafeBytes { _ = tap.write($0) }
+                announced += 1
+            }
+        }
+        let announcedAt = clock.now
+
+        // The output of the last committed epoch: the primary may or may not have
+        // released it before it died, so it goes out (again) now.
+        var released = 0
+        var releasedBytes = 0
+        do {
+            for record in try OutputRecord.decode(replica.output) {
+                world.release(record.kind, record.bytes)
+                released += 1
+                releasedBytes += record.bytes.count
+            }
+        } catch {
+            logger.error("the committed output could not be read (\(error)); nothing released")
+        }
+        let releasedAt = clock.now
+        func ms(_ duration: Duration) -> String { String(format: "%.2f ms", Double(duration.components.attoseconds) / 1e15 + Double(duration.components.seconds) * 1e3) }
+        logger.notice("taking over from checkpoint \(sequence)", metadata: [
+            "since-last-commit": "\(ms(sinceCommit))",
+            "build-and-attach": "\(ms(built - began))",
+            "announce": "\(ms(announcedAt - built)) (\(announced) frames, \(receiver.guestAddresses.count) addresses)",
+            "release-output": "\(ms(releasedAt - announcedAt)) (\(released) items, \(releasedBytes) bytes)",
+        ])
+        logger.info("released the last epoch's output", metadata: ["bytes": "\(releasedBytes)", "items": "\(released)", "sequence": "\(sequence)"])
+        return machine
+    }
+}

@@ -1,0 +1,64 @@
+import Foundation
+import Logging
+import Understudy
+
+/// Runs the standby host: holds the replica a primary streams, and when the
+/// primary is lost takes the guest over and runs it in the foreground, its
+/// console on standard output; what `understudy-standby` does.
+public enum StandbyRunner {
+    /// What the standby offers and watches.
+    public struct Options: Sendable {
+        public var listen: SocketAddress
+        public var heartbeatTimeout: Duration
+        /// The tap the guest's card uses after failover (its MAC comes from the primary).
+        public var tap: String?
+        public var disk: DiskConfiguration?
+
+        public init(listen: SocketAddress, heartbeatTimeout: Duration = StandbyConfiguration.defaultHeartbeatTimeout,
+                    tap: String? = nil, disk: DiskConfiguration? = nil) {
+            self.listen = listen
+            self.heartbeatTimeout = heartbeatTimeout
+            self.tap = tap
+            self.disk = disk
+        }
+    }
+
+    /// Binds the listening socket (so errors come before anything runs).
+    public static func receiver(_ options: Options, logger: Logger) throws(WireError) -> StandbyReceiver {
+        var devices: Hello.Devices = []
+        if options.tap != nil { devices.insert(.network) }
+        if options.disk != nil { devices.insert(.disk) }
+        return try StandbyReceiver(configuration: StandbyConfiguration(listen: options.listen, heartbeatTimeout: options.heartbeatTimeout,
+                                                                      devices: devices), logger: logger)
+    }
+
+    /// Serves until the primary says goodbye (0), a signal arrives (0), or the
+    /// primary is lost: then fails over and returns when the guest ends (its exit code).
+    public static func run(_ options: Options, receiver: StandbyReceiver, logger: Logger) throws(MachineError) -> Int32 {
+        signal(SIGINT, SIG_IGN)
+        signal(SIGTERM, SIG_IGN)
+        let queue = DispatchQueue(label: "standby-signals")
+        let sources = [SIGINT, SIGTERM].map { number in
+            let source = DispatchSource.makeSignalSource(signal: number, queue: queue)
+            source.setEventHandler {
+                logger.info("signal \(number): the standby stops without taking over")
+                receiver.stop()
+            }
+            source.resume()
+            return source
+        }
+        let outcome = receiver.run()
+        sources.forEach { $0.cancel() }
+        switch outcome {
+        case .stopped:
+            return 0
+        case .goodbye:
+            logger.info("the primary ended the session; nothing to take over")
+            return 0
+        case .primaryLost:
+            let world = WorldOutput()
+            let machine = try Failover.activate(receiver, options: options, world: world, logger: logger)
+            return try ConsoleRunner.runToEnd(machine, logger: logger)
+        }
+    }
+}

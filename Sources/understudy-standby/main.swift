@@ -1,0 +1,66 @@
+import ArgumentParser
+import Foundation
+import Logging
+import MicroVM
+import Understudy
+
+/// The standby host's command: holds a replica of the primary's guest and takes
+/// it over when the primary is lost. Argument parsing only.
+struct UnderstudyStandby: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "understudy-standby",
+        abstract: "Hold a replica of a primary's KVM guest and take it over when the primary fails.",
+        discussion: """
+            Listens for one primary (understudy-primary --standby HOST:PORT), receives its full image and then \\
+            a checkpoint every epoch, and acknowledges each once it is verified and applied. When the primary \\
+            stops sending (no frame for --heartbeat-timeout, a dropped connection, or a bad frame), the guest \\
+            resumes here from the last committed checkpoint: the last epoch's output is released, and the \\
+            guest's console continues on this process's standard output. A primary that stops in order says \\
+            goodbye and the standby exits without taking over.
+            """
+    )
+
+    @Option(help: "Address to listen on for the primary, HOST:PORT.")
+    var listen: String
+
+    @Option(help: "Tap interface for the guest's network card after failover (needed if the guest has one).")
+    var tap: String?
+
+    @Option(help: "Disk image for the guest after failover (needed if the guest has a disk).")
+    var disk: String?
+
+    @Option(help: "Declare the primary lost after this long without a frame from it.")
+    var heartbeatTimeout = "500ms"
+
+    @Flag(help: "Log debug detail.")
+    var verbose = false
+
+    func validate() throws {
+        do { _ = try SocketAddress(parsing: listen) } catch { throw ValidationError("--listen: \(error)") }
+        guard let timeout = DurationText.parse(heartbeatTimeout), timeout >= .milliseconds(20) else {
+            throw ValidationError("cannot read heartbeat timeout '\(heartbeatTimeout)' (at least 20ms)")
+        }
+        if let disk, !FileManager.default.fileExists(atPath: disk) { throw ValidationError("no disk image at \(disk)") }
+    }
+
+    func run() throws {
+        LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
+        var logger = Logger(label: "understudy-standby")
+        logger.logLevel = verbose ? .debug : .info
+        let options = StandbyRunner.Options(listen: (try? SocketAddress(parsing: listen)) ?? SocketAddress(host: "127.0.0.1", port: 7700),
+                                            heartbeatTimeout: DurationText.parse(heartbeatTimeout) ?? .milliseconds(500),
+                                            tap: tap, disk: disk.map { DiskConfiguration(path: $0) })
+        do {
+            let receiver = try StandbyRunner.receiver(options, logger: logger)
+            throw ExitCode(try StandbyRunner.run(options, receiver: receiver, logger: logger))
+        } catch let error as WireError {
+            logger.error("\(error)")
+            throw ExitCode(1)
+        } catch let error as MachineError {
+            logger.error("\(error)")
+            throw ExitCode(1)
+        }
+    }
+}
+
+UnderstudyStandby.main()
