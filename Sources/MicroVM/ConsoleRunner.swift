@@ -64,7 +64,7 @@ public enum ConsoleRunner {
         world.tap = machine.net?.tap
         machine.net?.egress = { output.hold(.network, $0) }
 
-        var primary: ReplicationPrimary?
+        let primary: ReplicationPrimary?
         if case .standby(var configuration) = protection {
             configuration.devices = []
             if let net = machine.net {
@@ -73,8 +73,12 @@ public enum ConsoleRunner {
             }
             if machine.configuration.disk != nil { configuration.devices.insert(.disk) }
             primary = ReplicationPrimary(machine: machine, output: output, configuration: configuration, logger: logger)
+        } else {
+            primary = nil
         }
-        return try runToEnd(machine, logger: logger) { () throws(MachineError) in
+        // A signal ends replication in order first (the standby is told goodbye and
+        // does not take over), then stops the machine.
+        return try runToEnd(machine, logger: logger, onSignal: { primary?.stop(reason: "the primary was told to stop") }) { () throws(MachineError) in
             do { try primary?.start() } catch { throw .invalidConfiguration("\(error)") }
         } stopping: { reason in
             primary?.stop(reason: "\(reason)")
@@ -83,7 +87,8 @@ public enum ConsoleRunner {
 
     /// Starts `machine` with signal handling and standard input forwarded,
     /// calls `started` once it runs, waits for it to stop, calls `stopping`.
-    static func runToEnd(_ machine: Machine, logger: Logger, started: () throws(MachineError) -> Void = {},
+    static func runToEnd(_ machine: Machine, logger: Logger, onSignal: @escaping @Sendable () -> Void = {},
+                         started: () throws(MachineError) -> Void = {},
                          stopping: (StopReason) -> Void = { _ in }) throws(MachineError) -> Int32 {
         signal(SIGINT, SIG_IGN)
         signal(SIGTERM, SIG_IGN)
@@ -92,6 +97,7 @@ public enum ConsoleRunner {
             let source = DispatchSource.makeSignalSource(signal: number, queue: queue)
             source.setEventHandler {
                 logger.info("signal \(number): stopping the machine")
+                onSignal()
                 machine.requestStop()
             }
             source.resume()

@@ -32,18 +32,20 @@ enum Failover {
         }
         let announcedAt = clock.now
 
-        // The output of the last committed epoch: the primary may or may not have
-        // released it before it died, so it goes out (again) now.
+        // The output of the committed epochs the primary may not have released
+        // before it died (usually just the last one) goes out (again) now.
         var released = 0
         var releasedBytes = 0
-        do {
-            for record in try OutputRecord.decode(replica.output) {
-                world.release(record.kind, record.bytes)
-                released += 1
-                releasedBytes += record.bytes.count
+        for (epoch, output) in receiver.unreleasedOutput {
+            do {
+                for record in try OutputRecord.decode(output) {
+                    world.release(record.kind, record.bytes)
+                    released += 1
+                    releasedBytes += record.bytes.count
+                }
+            } catch {
+                logger.error("the output of epoch \(epoch) could not be read (\(error)); not released")
             }
-        } catch {
-            logger.error("the committed output could not be read (\(error)); nothing released")
         }
         let releasedAt = clock.now
         func ms(_ duration: Duration) -> String { String(format: "%.2f ms", Double(duration.components.attoseconds) / 1e15 + Double(duration.components.seconds) * 1e3) }
@@ -53,7 +55,9 @@ enum Failover {
             "announce": "\(ms(announcedAt - built)) (\(announced) frames, \(receiver.guestAddresses.count) addresses)",
             "release-output": "\(ms(releasedAt - announcedAt)) (\(released) items, \(releasedBytes) bytes)",
         ])
-        logger.info("released the last epoch's output", metadata: ["bytes": "\(releasedBytes)", "items": "\(released)", "sequence": "\(sequence)"])
+        logger.info("released the output of the unacknowledged epochs", metadata: [
+            "bytes": "\(releasedBytes)", "items": "\(released)",
+            "epochs": "\(receiver.unreleasedOutput.map { String($0.sequence) }.joined(separator: ","))"])
         return machine
     }
 }

@@ -20,7 +20,7 @@ struct UnderstudyStandby: ParsableCommand {
             """
     )
 
-    @Option(help: "Address to listen on for the primary, HOST:PORT.")
+    @Option(help: "Address to listen on for the primary, HOST:PORT (port 0: any free port, logged).")
     var listen: String
 
     @Option(help: "Tap interface for the guest's network card after failover (needed if the guest has one).")
@@ -36,7 +36,7 @@ struct UnderstudyStandby: ParsableCommand {
     var verbose = false
 
     func validate() throws {
-        do { _ = try SocketAddress(parsing: listen) } catch { throw ValidationError("--listen: \(error)") }
+        do { _ = try SocketAddress(parsing: listen, listening: true) } catch { throw ValidationError("--listen: \(error)") }
         guard let timeout = DurationText.parse(heartbeatTimeout), timeout >= .milliseconds(20) else {
             throw ValidationError("cannot read heartbeat timeout '\(heartbeatTimeout)' (at least 20ms)")
         }
@@ -47,7 +47,7 @@ struct UnderstudyStandby: ParsableCommand {
         LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
         var logger = Logger(label: "understudy-standby")
         logger.logLevel = verbose ? .debug : .info
-        let options = StandbyRunner.Options(listen: (try? SocketAddress(parsing: listen)) ?? SocketAddress(host: "127.0.0.1", port: 7700),
+        let options = StandbyRunner.Options(listen: (try? SocketAddress(parsing: listen, listening: true)) ?? SocketAddress(host: "127.0.0.1", port: 7700),
                                             heartbeatTimeout: DurationText.parse(heartbeatTimeout) ?? .milliseconds(500),
                                             tap: tap, disk: disk.map { DiskConfiguration(path: $0) })
         do {

@@ -195,7 +195,8 @@ public final class ReplicationPrimary: @unchecked Sendable {
             var sentBytes = 0
             var tenth = 0
             do {
-                try CheckpointFrames.forEach(checkpoint) { (frame) throws(WireError) in
+                let released = state.withLock { $0.acked } ?? .max
+                try CheckpointFrames.forEach(checkpoint, releasedThrough: released) { (frame) throws(WireError) in
                     try link.send(frame)
                     sentBytes += frame.payload.count + Frame.headerSize
                     if checkpoint.isFull, checkpoint.encodedSize > 0, sentBytes * 10 / checkpoint.encodedSize > tenth {
@@ -258,6 +259,10 @@ public final class ReplicationPrimary: @unchecked Sendable {
             }
             heartbeats.stop()
             try? link.send(Frame(.goodbye, payload: Array(goodbyeReason.withLock { $0 }.utf8.prefix(1024))))
+            // The standby answers goodbye and closes; closing first, with its
+            // heartbeats unread, would reset the connection before it read ours.
+            let closeBy = ContinuousClock.now + .seconds(1)
+            while lost.withLock({ $0 }) == nil && ContinuousClock.now < closeBy { Thread.sleep(forTimeInterval: 0.005) }
             markLost("stopped")
         }
         pastStatistics.withLock { $0 += engine.statistics }

@@ -58,6 +58,10 @@ public final class StandbyReceiver: @unchecked Sendable {
     public private(set) var hello: Hello?
     /// IPv4 addresses the guest was seen sending from (for the announcement on failover).
     public private(set) var guestAddresses: [[UInt8]] = []
+    /// The output of committed epochs the primary may not have released (those
+    /// after the newest `releasedThrough` mark), oldest first: what a standby
+    /// taking over releases, so nothing acknowledged to the guest is lost.
+    public private(set) var unreleasedOutput: [(sequence: UInt64, output: [UInt8])] = []
     /// Time at which the newest checkpoint was committed.
     public private(set) var lastCommit: ContinuousClock.Instant?
     private let logger: Logger
@@ -159,6 +163,7 @@ public final class StandbyReceiver: @unchecked Sendable {
         }
         hello = offered
         guestAddresses = []
+        unreleasedOutput = []
         try link.send(Frame(.welcome, payload: offered.payload))
         return offered
     }
@@ -175,9 +180,10 @@ public final class StandbyReceiver: @unchecked Sendable {
             case .goodbye:
                 let reason = String(decoding: frame.payload.prefix(1024), as: UTF8.self)
                 logger.info("primary said goodbye: \(reason)")
+                try? link.send(Frame(.goodbye, payload: Array("goodbye".utf8)))
                 return .goodbye(reason: reason)
             case .checkpointBegin, .checkpointData, .checkpointEnd:
-                guard let checkpoint = try assembler.take(frame) else {
+                guard let (checkpoint, releasedThrough) = try assembler.take(frame) else {
                     let (received, total) = assembler.progress
                     if frame.kind == .checkpointData, replica.committedSequence == nil, total > 0, received * 10 / total > reportedTenth {
                         reportedTenth = received * 10 / total
@@ -187,6 +193,8 @@ public final class StandbyReceiver: @unchecked Sendable {
                 }
                 try replica.apply(checkpoint)
                 lastCommit = .now
+                unreleasedOutput.append((checkpoint.sequence, checkpoint.output))
+                if releasedThrough != .max { unreleasedOutput.removeAll { $0.sequence <= releasedThrough } }
                 learnAddresses(checkpoint.output)
                 try link.send(Frame(.ack, sequence: checkpoint.sequence))
                 if checkpoint.isFull {

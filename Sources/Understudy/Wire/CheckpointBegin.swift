@@ -3,7 +3,7 @@
 /// frames. The receiver checks every size against its limits before it
 /// allocates anything.
 public struct CheckpointBegin: Sendable, Equatable {
-    public static let payloadSize = 24
+    public static let payloadSize = 32
     /// Bounds a receiver applies.
     public static let maximumStateBytes = 16 << 20
     public static let maximumOutputBytes = 64 << 20
@@ -16,8 +16,13 @@ public struct CheckpointBegin: Sendable, Equatable {
     public var pagesLength: UInt64
     public var stateLength: UInt32
     public var outputLength: UInt32
+    /// The newest checkpoint whose output the primary had released when it sent
+    /// this one (`UInt64.max`: none yet). A standby taking over releases the
+    /// output of every committed epoch after it, so none is lost.
+    public var releasedThrough: UInt64
 
-    public init(_ checkpoint: Checkpoint) {
+    public init(_ checkpoint: Checkpoint, releasedThrough: UInt64 = .max) {
+        self.releasedThrough = releasedThrough
         isFull = checkpoint.isFull
         pageCount = UInt32(checkpoint.pageCount)
         pagesLength = UInt64(checkpoint.pages.count)
@@ -33,6 +38,7 @@ public struct CheckpointBegin: Sendable, Equatable {
         out.appendLittleEndian(pagesLength)
         out.appendLittleEndian(stateLength)
         out.appendLittleEndian(outputLength)
+        out.appendLittleEndian(releasedThrough)
         return out
     }
 
@@ -46,6 +52,7 @@ public struct CheckpointBegin: Sendable, Equatable {
         pagesLength = try reader.integer()
         stateLength = try reader.integer()
         outputLength = try reader.integer()
+        releasedThrough = try reader.integer()
         try reader.finish()
         guard Int(pageCount) <= guestPages else { throw .malformed("\(pageCount) pages, the guest has \(guestPages)") }
         guard pagesLength <= UInt64(pageCount) * UInt64(Self.maximumRecordBytes) else {

@@ -3,9 +3,10 @@
 /// then `checkpointEnd` carrying the digest.
 public enum CheckpointFrames {
     /// Calls `body` with each frame of `checkpoint` in order (one chunk in memory at a time).
-    public static func forEach(_ checkpoint: Checkpoint, chunkSize: Int = Frame.maximumPayload,
+    public static func forEach(_ checkpoint: Checkpoint, releasedThrough: UInt64 = .max, chunkSize: Int = Frame.maximumPayload,
                                _ body: (Frame) throws(WireError) -> Void) throws(WireError) {
-        try body(Frame(.checkpointBegin, sequence: checkpoint.sequence, payload: CheckpointBegin(checkpoint).payload))
+        let begin = CheckpointBegin(checkpoint, releasedThrough: releasedThrough)
+        try body(Frame(.checkpointBegin, sequence: checkpoint.sequence, payload: begin.payload))
         var chunk: [UInt8] = []
         chunk.reserveCapacity(min(chunkSize, checkpoint.encodedSize))
         for part in [checkpoint.pages, checkpoint.state, checkpoint.output] {
@@ -27,9 +28,9 @@ public enum CheckpointFrames {
     }
 
     /// All frames of `checkpoint`.
-    public static func frames(for checkpoint: Checkpoint, chunkSize: Int = Frame.maximumPayload) -> [Frame] {
+    public static func frames(for checkpoint: Checkpoint, releasedThrough: UInt64 = .max, chunkSize: Int = Frame.maximumPayload) -> [Frame] {
         var frames: [Frame] = []
-        try? forEach(checkpoint, chunkSize: chunkSize) { frames.append($0) }
+        try? forEach(checkpoint, releasedThrough: releasedThrough, chunkSize: chunkSize) { frames.append($0) }
         return frames
     }
 }
@@ -51,8 +52,9 @@ public struct CheckpointAssembler: Sendable {
     /// Body bytes received and announced, for progress reports.
     public var progress: (received: Int, total: Int) { (body.count, begin?.bodyLength ?? 0) }
 
-    /// Takes one checkpoint frame; returns the checkpoint when `frame` completes it.
-    public mutating func take(_ frame: Frame) throws(WireError) -> Checkpoint? {
+    /// Takes one checkpoint frame; returns the checkpoint (and the primary's
+    /// `releasedThrough` mark) when `frame` completes it.
+    public mutating func take(_ frame: Frame) throws(WireError) -> (checkpoint: Checkpoint, releasedThrough: UInt64)? {
         switch frame.kind {
         case .checkpointBegin:
             guard begin == nil else { throw .unexpected("checkpoint \(frame.sequence) begins inside checkpoint \(sequence ?? 0)") }
@@ -84,7 +86,7 @@ public struct CheckpointAssembler: Sendable {
                                         pages: Array(body[0..<pagesEnd]), state: Array(body[pagesEnd..<stateEnd]),
                                         output: Array(body[stateEnd...]))
             checkpoint.digest = digest          // as sent: the replica verifies it against the contents
-            return checkpoint
+            return (checkpoint, announced.releasedThrough)
         default:
             throw .unexpected("\(frame.kind) is not part of a checkpoint")
         }

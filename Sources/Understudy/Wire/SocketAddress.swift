@@ -10,12 +10,12 @@ public struct SocketAddress: Sendable, Equatable, CustomStringConvertible {
         self.port = port
     }
 
-    /// Reads "HOST:PORT".
-    public init(parsing text: String) throws(WireError) {
+    /// Reads "HOST:PORT". Port 0 (any free port) only when `listening`.
+    public init(parsing text: String, listening: Bool = false) throws(WireError) {
         guard let colon = text.lastIndex(of: ":") else { throw .badAddress("'\(text)' is not HOST:PORT") }
         let host = String(text[..<colon])
         guard !host.isEmpty else { throw .badAddress("'\(text)' has no host") }
-        guard let port = UInt16(text[text.index(after: colon)...]), port > 0 else {
+        guard let port = UInt16(text[text.index(after: colon)...]), port > 0 || listening else {
             throw .badAddress("'\(text)' has no valid port (1-65535)")
         }
         self.init(host: host, port: port)

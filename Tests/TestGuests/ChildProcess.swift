@@ -1,0 +1,75 @@
+import Foundation
+import Synchronization
+
+/// Bytes a child process wrote, collected as they arrive.
+public final class OutputCollector: Sendable {
+    private let bytes = Mutex<[UInt8]>([])
+    public init() {}
+    public func append(_ data: Data) { bytes.withLock { $0 += data } }
+    public var data: [UInt8] { bytes.withLock { $0 } }
+    public var text: String { String(decoding: data, as: UTF8.self) }
+    /// Complete lines so far.
+    public var lines: [String] {
+        var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        lines.removeLast()
+        return lines
+    }
+}
+
+/// One of the package's executables run as a child process, its standard
+/// output and error collected separately. Killed with SIGKILL when dropped.
+public final class ChildProcess: @unchecked Sendable {
+    public let process = Process()
+    public let standardOutput = OutputCollector()
+    public let standardError = OutputCollector()
+
+    /// The built executable `name` next to the test bundle.
+    public static func executable(_ name: String) -> String? {
+        var directory = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        for _ in 0..<5 {
+            let candidate = directory.appendingPathComponent(name).path
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+            directory = directory.deletingLastPathComponent()
+        }
+        return nil
+    }
+
+    public init(_ name: String, _ arguments: [String]) throws {
+        guard let path = Self.executable(name) else { throw CocoaError(.fileNoSuchFile, userInfo: [NSFilePathErrorKey: name]) }
+        process.executableURL = URL(fileURLWithPath: path)
+        process.arguments = arguments
+        let out = Pipe(), err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        process.standardInput = FileHandle.nullDevice
+        let stdout = standardOutput, stderr = standardError
+        out.fileHandleForReading.readabilityHandler = { stdout.append($0.availableData) }
+        err.fileHandleForReading.readabilityHandler = { stderr.append($0.availableData) }
+        try process.run()
+    }
+
+    deinit {
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+    }
+
+    public func signal(_ number: Int32) { kill(process.processIdentifier, number) }
+
+    /// Waits for the process to end; false if it still runs after `timeout` seconds.
+    public func waitForExit(timeout: TimeInterval = 30) -> Bool {
+        let ended = eventually(timeout: timeout) { !process.isRunning }
+        if ended { process.waitUntilExit(); Thread.sleep(forTimeInterval: 0.1) }   // let the pipes drain
+        return ended
+    }
+
+    /// The port a standby logged it listens on.
+    public func listeningPort(timeout: TimeInterval = 30) -> UInt16? {
+        var port: UInt16?
+        _ = eventually(timeout: timeout) {
+            guard process.isRunning || !standardError.text.isEmpty else { return true }
+            guard let range = standardError.text.range(of: #"address=[0-9.]+:([0-9]+)"#, options: .regularExpression) else { return false }
+            port = UInt16(standardError.text[range].split(separator: ":").last ?? "")
+            return port != nil
+        }
+        return port
+    }
+}

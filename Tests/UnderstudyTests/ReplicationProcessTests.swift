@@ -1,0 +1,104 @@
+import Foundation
+import TestGuests
+import Testing
+
+/// Primary and standby as separate processes on loopback, the built-in
+/// workload guest, and failures made with SIGKILL.
+@Suite("Replication across processes", .enabled(if: kvmAvailable, "needs /dev/kvm"), .serialized)
+struct ReplicationProcessTests {
+    static let workload = (pages: 16, wss: 256, every: 5000)
+    static let cmdline = "pages=\(workload.pages) wss=\(workload.wss) every=\(workload.every)"
+
+    static func standby(port: UInt16 = 0) throws -> (ChildProcess, UInt16) {
+        let standby = try ChildProcess("understudy-standby", ["--listen", "127.0.0.1:\(port)", "--heartbeat-timeout", "400ms"])
+        let bound = try #require(standby.listeningPort(), "the standby logs where it listens: \(standby.standardError.text)")
+        return (standby, bound)
+    }
+
+    static func primary(port: UInt16, epoch: String = "5ms") throws -> ChildProcess {
+        try ChildProcess("understudy-primary", ["--standby", "127.0.0.1:\(port)", "--memory", "32M", "--epoch", epoch,
+                                                "--heartbeat-timeout", "400ms", "--cmdline", cmdline])
+    }
+
+    /// What the world saw (the primary's output, then the standby's) is exactly
+    /// the workload's deterministic stream: the primary's output is a prefix of
+    /// it, the standby's continues it with no gap, repeating at most the output
+    /// it released for the unacknowledged epochs.
+    static func expectContinuous(primary: [UInt8], standby: [UInt8], standbyLog: String) {
+        let count = (primary + standby).filter { $0 == 10 }.count + 5
+        let expected = Array(WorkloadReference.lines(cpu: 0, pages: workload.pages, wss: workload.wss, every: workload.every, count: count)
+            .map { $0 + "\n" }.joined().utf8)
+        #expect(expected.starts(with: primary), "the primary printed what the guest computes")
+        var released = 0
+        if let range = standbyLog.range(of: #"bytes=[0-9]+"#, options: .regularExpression) {
+            released = Int(standbyLog[range].dropFirst(6)) ?? 0
+        }
+        let latest = primary.count, earliest = max(0, primary.count - released)
+        let start = (earliest...latest).first { k in
+            k + standby.count <= expected.count && expected[k..<(k + standby.count)].elementsEqual(standby)
+        }
+        #expect(start != nil, "the standby's output continues the primary's with no gap (primary \(primary.count) bytes, released \(released))")
+        if let start { #expect(primary.count - start <= released, "at most the released epochs are seen twice") }
+    }
+
+    static var runs: Int { Int(ProcessInfo.processInfo.environment["UNDERSTUDY_FAILOVER_RUNS"] ?? "") ?? 20 }
+
+    /// SIGKILL the primary at a random moment: the world's output continues
+    /// exactly on the standby, which keeps running the guest.
+    @Test(arguments: 0..<runs)
+    func workloadContinuesAfterPrimaryIsKilled(run: Int) throws {
+        let (standby, port) = try Self.standby()
+        let primary = try Self.primary(port: port)
+        #expect(eventually(timeout: 60) { primary.standardError.text.contains("protected by the standby") },
+                "primary: \(primary.standardError.text)")
+        usleep(UInt32.random(in: 100_000...1_500_000))
+        primary.signal(SIGKILL)
+        _ = primary.waitForExit()
+        let before = standby.standardOutput.lines.count
+        #expect(eventually(timeout: 60) { standby.standardOutput.lines.count >= before + 20 }, "the guest runs on: \(standby.standardError.text)")
+        standby.signal(SIGTERM)
+        #expect(standby.waitForExit())
+        #expect(standby.standardError.text.contains("taking over from checkpoint"))
+        Self.expectContinuous(primary: primary.standardOutput.data, standby: standby.standardOutput.data, standbyLog: standby.standardError.text)
+    }
+
+    /// The standby dies: the primary runs on unprotected and says so, a new
+    /// standby on the same address gets a full image and protects it again, and
+    /// a failover to that standby then works.
+    @Test func newStandbyAfterTheFirstDies() throws {
+        let (first, port) = try Self.standby()
+        let primary = try Self.primary(port: port)
+        #expect(eventually(timeout: 60) { primary.standardError.text.contains("protected by the standby") })
+        first.signal(SIGKILL)
+        _ = first.waitForExit()
+        #expect(eventually(timeout: 30) { primary.standardError.text.contains("RUNNING UNPROTECTED") })
+        let linesUnprotected = primary.standardOutput.lines.count
+        #expect(eventually(timeout: 30) { primary.standardOutput.lines.count > linesUnprotected + 10 }, "output flows while unprotected")
+
+        let (second, _) = try Self.standby(port: port)
+        #expect(eventually(timeout: 60) { primary.standardError.text.components(separatedBy: "protected by the standby").count == 3 },
+                "protected again: \(primary.standardError.text)")
+        #expect(second.standardError.text.contains("full image committed"))
+        usleep(300_000)
+        primary.signal(SIGKILL)
+        _ = primary.waitForExit()
+        let before = second.standardOutput.lines.count
+        #expect(eventually(timeout: 60) { second.standardOutput.lines.count >= before + 20 })
+        second.signal(SIGTERM)
+        #expect(second.waitForExit())
+        Self.expectContinuous(primary: primary.standardOutput.data, standby: second.standardOutput.data, standbyLog: second.standardError.text)
+    }
+
+    /// An orderly stop of the primary: the standby is told goodbye and does not take over.
+    @Test func orderlyStopIsNotAFailover() throws {
+        let (standby, port) = try Self.standby()
+        let primary = try Self.primary(port: port)
+        #expect(eventually(timeout: 60) { primary.standardError.text.contains("protected by the standby") })
+        primary.signal(SIGTERM)
+        #expect(primary.waitForExit())
+        #expect(standby.waitForExit(timeout: 30), "the standby exits after goodbye")
+        #expect(standby.standardOutput.data.count == 0, "nothing ran on the standby")
+        #expect(standby.standardError.text.contains("primary said goodbye"), "standby: \(standby.standardError.text)")
+        Self.expectContinuous(primary: primary.standardOutput.data, standby: [], standbyLog: "")
+    }
+}
