@@ -1,0 +1,194 @@
+import CKVM
+import Foundation
+import KVM
+import Logging
+import MicroVM
+import Synchronization
+import TestGuests
+import Testing
+@testable import Understudy
+
+/// Log messages, collected (the tests check each attack is named in the log).
+final class CollectedLog: @unchecked Sendable {
+    let messages = Mutex<[String]>([])
+    var text: String { messages.withLock { $0.joined(separator: "\n") } }
+
+    var logger: Logger {
+        Logger(label: "test") { _ in Handler(log: self) }
+    }
+
+    struct Handler: LogHandler {
+        let log: CollectedLog
+        var metadata: Logger.Metadata = [:]
+        var logLevel: Logger.Level = .trace
+        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+            get { metadata[key] }
+            set { metadata[key] = newValue }
+        }
+        func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String,
+                 file: String, function: String, line: UInt) {
+            log.messages.withLock { $0.append("\(level): \(message)") }
+        }
+    }
+}
+
+/// The standby under hostile input: after four good checkpoints of a real
+/// workload guest, each attack gets a clear error in the log and the
+/// connection is dropped; the committed replica is exactly checkpoint 3, and a
+/// guest resumed from it (on the replica's own memory, as in a failover)
+/// prints exactly what the original would have.
+@Suite("Standby under hostile input", .enabled(if: kvmAvailable, "needs /dev/kvm"), .serialized)
+struct StandbyHostileInputTests {
+    enum Attack: String, CaseIterable, Sendable {
+        case randomBytes, truncatedCheckpoint, badChecksum, wrongVersion, replayedCheckpoint, pageBeyondMemory,
+             unknownFrameType, oversizedFrame, helloInsideSession
+    }
+
+    /// What the log must name for each attack.
+    static func expectedError(_ attack: Attack) -> String {
+        switch attack {
+        case .randomBytes: "bad magic"
+        case .truncatedCheckpoint: "torn"
+        case .badChecksum: "checksum mismatch"
+        case .wrongVersion: "protocol version 2"
+        case .replayedCheckpoint: "out of sequence"
+        case .pageBeyondMemory: "beyond guest RAM"
+        case .unknownFrameType: "unknown frame type 99"
+        case .oversizedFrame: "over the cap"
+        case .helloInsideSession: "hello inside a session"
+        }
+    }
+
+    static func receiveAck(_ link: FrameConnection, _ sequence: UInt64) throws {
+        while true {
+            let frame = try link.receive(timeout: .seconds(30))
+            if frame.kind == .heartbeat { continue }
+            #expect(frame.kind == .ack && frame.sequence == sequence, "expected ack \(sequence), got \(frame.kind) \(frame.sequence)")
+            return
+        }
+    }
+
+    static func hello(_ memorySize: Int, version: UInt16 = Hello.protocolVersion) -> Frame {
+        Frame(.hello, payload: Hello(session: Hello.newSession(), memorySize: UInt64(memorySize), devices: [],
+                                     epochMicroseconds: 2000, version: version).payload)
+    }
+
+    @Test(arguments: Attack.allCases)
+    func attackLeavesTheReplicaIntact(attack: Attack) throws {
+        let log = CollectedLog()
+        let receiver = try StandbyReceiver(configuration: StandbyConfiguration(listen: SocketAddress(host: "127.0.0.1", port: 0),
+                                                                              heartbeatTimeout: .seconds(5)),
+                                           logger: log.logger)
+        let address = SocketAddress(host: "127.0.0.1", port: receiver.listener.port)
+        let served = ThreadRunner { receiver.run() }
+        let options = "pages=16 wss=1000 every=300"
+        let console = Lines()
+        let machine = try Machine(configuration: .init(memorySize: 32 << 20, commandLine: options, dirtyTracking: .bitmap),
+                                  console: console.sink)
+        defer { machine.requestStop(); _ = machine.waitUntilStopped(timeout: .seconds(10)) }
+
+        // Before any session: a stranger's junk, or a peer of another version, is refused and changes nothing.
+        if attack == .randomBytes || attack == .wrongVersion {
+            let stranger = FrameConnection(try TCPConnection.connect(to: address))
+            if attack == .wrongVersion {
+                try stranger.send(Self.hello(machine.memory.size, version: 2))
+            } else {
+                try stranger.connection.send((0..<4096).map { _ in UInt8.random(in: 0...255) })
+            }
+            let answer = try stranger.receive(timeout: .seconds(10))
+            #expect(answer.kind == .refuse)
+            #expect(String(decoding: answer.payload, as: UTF8.self).contains(Self.expectedError(attack)))
+        }
+
+        // A real session: a full image and three checkpoints, each acknowledged.
+        let link = FrameConnection(try TCPConnection.connect(to: address))
+        try link.send(Self.hello(machine.memory.size))
+        #expect(try link.receive(timeout: .seconds(10)).kind == .welcome)
+        let engine = CheckpointEngine(machine: machine)
+        let staged = StagedCheckpoint()
+        try machine.start()
+        var sent: [Checkpoint] = []
+        var digestAtThree: UInt32 = 0
+        var linesAtThree: [String] = []
+        for epoch in 0..<5 {
+            usleep(2000)
+            try machine.pause()
+            try engine.captureWhilePaused(into: staged)
+            if epoch == 3 { digestAtThree = memoryDigest(machine); linesAtThree = console.lines }
+            try machine.resume()
+            sent.append(engine.encode(staged))
+            if epoch < 4 {
+                try link.send(CheckpointFrames.frames(for: sent[epoch]))
+                try Self.receiveAck(link, UInt64(epoch))
+            }
+        }
+        machine.requestStop()
+        _ = machine.waitUntilStopped(timeout: .seconds(10))
+
+        // The attack, on the established session.
+        let next = sent[4]
+        switch attack {
+        case .randomBytes:
+            try link.connection.send((0..<4096).map { _ in UInt8.random(in: 0...255) })
+        case .truncatedCheckpoint:
+            var frames = CheckpointFrames.frames(for: next, chunkSize: 512)
+            #expect(frames.count > 3)
+            frames.remove(at: 2)                         // a chunk lost in the middle
+            try link.send(frames)
+        case .badChecksum:
+            var bytes = CheckpointFrames.frames(for: next).flatMap(\.encoded)
+            bytes[Frame.headerSize * 2 + 40] ^= 0x01      // a bit of the first payload flipped
+            try link.connection.send(bytes)
+        case .wrongVersion:
+            link.shutdown()                              // the primary simply dies
+        case .replayedCheckpoint:
+            try link.send(CheckpointFrames.frames(for: sent[2]))
+        case .pageBeyondMemory:
+            var record: [UInt8] = []
+            record.appendLittleEndian(UInt32(machine.memory.size / 4096))
+            record.append(PageEncoding.raw.rawValue)
+            record.appendLittleEndian(UInt32(4096))
+            record += [UInt8](repeating: 0xAB, count: 4096)
+            try link.send(CheckpointFrames.frames(for: Checkpoint(sequence: 4, isFull: false, pageCount: 1, pages: record, state: next.state)))
+        case .unknownFrameType:
+            var bytes = Frame(.heartbeat, sequence: 1).encoded
+            bytes[4] = 99
+            try link.connection.send(bytes)
+        case .oversizedFrame:
+            var bytes = Frame(.checkpointData, sequence: 4).encoded
+            bytes.replaceSubrange(8..<12, with: [0, 0, 0, 4])    // 64 MiB payload announced
+            try link.connection.send(bytes)
+        case .helloInsideSession:
+            try link.send(Self.hello(machine.memory.size))
+        }
+
+        let outcome = try served.join()
+        guard case .primaryLost(let reason) = outcome else {
+            Issue.record("expected the session to end, got \(outcome)")
+            return
+        }
+        if attack != .wrongVersion { #expect(reason.contains(Self.expectedError(attack)), "\(reason)") }
+        #expect(log.text.contains(Self.expectedError(attack)), "the log names the problem: \(log.text)")
+        // The connection was dropped.
+        #expect(throws: WireError.self) {
+            while true { _ = try link.receive(timeout: .seconds(10)) }
+        }
+
+        // The committed replica is exactly checkpoint 3.
+        let replica = try #require(receiver.replica)
+        #expect(replica.committedSequence == 3)
+        #expect(replica.memoryDigest == digestAtThree)
+        #expect(replica.state == sent[3].state)
+
+        // Failing over from it: the guest continues exactly.
+        let after = Lines()
+        let restored = try Machine(restoring: replica.state, memory: replica.memory, console: after.sink)
+        try restored.start()
+        _ = eventually { after.lines.count >= 10 }
+        restored.requestStop()
+        _ = restored.waitUntilStopped(timeout: .seconds(10))
+        let all = linesAtThree + after.lines
+        #expect(all.count >= 10)
+        #expect(all == WorkloadReference.lines(cpu: 0, pages: 16, wss: 1000, every: 300, count: all.count), "\(attack)")
+    }
+}
