@@ -90,20 +90,12 @@ public enum ConsoleRunner {
     static func runToEnd(_ machine: Machine, logger: Logger, onSignal: @escaping @Sendable () -> Void = {},
                          started: () throws(MachineError) -> Void = {},
                          stopping: (StopReason) -> Void = { _ in }) throws(MachineError) -> Int32 {
-        signal(SIGINT, SIG_IGN)
-        signal(SIGTERM, SIG_IGN)
-        let queue = DispatchQueue(label: "signals")
-        let sources = [SIGINT, SIGTERM].map { number in
-            let source = DispatchSource.makeSignalSource(signal: number, queue: queue)
-            source.setEventHandler {
-                logger.info("signal \(number): stopping the machine")
-                onSignal()
-                machine.requestStop()
-            }
-            source.resume()
-            return source
+        StopSignals.shared.onStop { number in
+            logger.info("signal \(number): stopping the machine")
+            onSignal()
+            machine.requestStop()
         }
-        defer { sources.forEach { $0.cancel() } }
+        defer { StopSignals.shared.onStop { _ in } }
 
         try machine.start()
         do {

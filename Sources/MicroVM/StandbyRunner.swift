@@ -35,20 +35,12 @@ public enum StandbyRunner {
     /// Serves until the primary says goodbye (0), a signal arrives (0), or the
     /// primary is lost: then fails over and returns when the guest ends (its exit code).
     public static func run(_ options: Options, receiver: StandbyReceiver, logger: Logger) throws(MachineError) -> Int32 {
-        signal(SIGINT, SIG_IGN)
-        signal(SIGTERM, SIG_IGN)
-        let queue = DispatchQueue(label: "standby-signals")
-        let sources = [SIGINT, SIGTERM].map { number in
-            let source = DispatchSource.makeSignalSource(signal: number, queue: queue)
-            source.setEventHandler {
-                logger.info("signal \(number): the standby stops without taking over")
-                receiver.stop()
-            }
-            source.resume()
-            return source
+        StopSignals.shared.onStop { number in
+            logger.info("signal \(number): the standby stops without taking over")
+            receiver.stop()
         }
         let outcome = receiver.run()
-        sources.forEach { $0.cancel() }
+        StopSignals.shared.onStop { _ in }
         switch outcome {
         case .stopped:
             return 0
