@@ -85,6 +85,16 @@ let package = Package(
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
         ),
         .executableTarget(
+            name: "ReplicationBenchmarks",
+            dependencies: [
+                "KVM", "MicroVM", "Understudy", "TestGuests",
+                .product(name: "Benchmark", package: "benchmark"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Benchmarks/ReplicationBenchmarks",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+        ),
+        .executableTarget(
             name: "GuestBenchmarks",
             dependencies: [
                 "KVM", "MicroVM", "TestGuests",

@@ -71,7 +71,13 @@ public enum ConsoleRunner {
                 configuration.devices.insert(.network)
                 configuration.mac = net.mac
             }
-            if machine.configuration.disk != nil { configuration.devices.insert(.disk) }
+            if let block = machine.block {
+                configuration.devices.insert(.disk)
+                let log = DiskWriteLog(fd: block.fd, size: block.sectors * UInt64(VirtioBlock.sectorSize))
+                block.writeHook = { offset, bytes in log.write(offset: offset, bytes) }
+                block.flushHook = { log.flush() }
+                configuration.disk = log
+            }
             primary = ReplicationPrimary(machine: machine, output: output, configuration: configuration, logger: logger)
         } else {
             primary = nil

@@ -23,13 +23,17 @@ public enum StandbyRunner {
         }
     }
 
-    /// Binds the listening socket (so errors come before anything runs).
-    public static func receiver(_ options: Options, logger: Logger) throws(WireError) -> StandbyReceiver {
+    /// Opens the disk image and binds the listening socket (so errors come before anything runs).
+    public static func receiver(_ options: Options, logger: Logger) throws -> StandbyReceiver {
         var devices: Hello.Devices = []
         if options.tap != nil { devices.insert(.network) }
-        if options.disk != nil { devices.insert(.disk) }
+        var disk: ReplicaDisk?
+        if let path = options.disk?.path {
+            devices.insert(.disk)
+            disk = try ReplicaDisk(path: path)
+        }
         return try StandbyReceiver(configuration: StandbyConfiguration(listen: options.listen, heartbeatTimeout: options.heartbeatTimeout,
-                                                                      devices: devices), logger: logger)
+                                                                      devices: devices, disk: disk), logger: logger)
     }
 
     /// Serves until the primary says goodbye (0), a signal arrives (0), or the

@@ -26,7 +26,7 @@ struct UnderstudyStandby: ParsableCommand {
     @Option(help: "Tap interface for the guest's network card after failover (needed if the guest has one).")
     var tap: String?
 
-    @Option(help: "Disk image for the guest after failover (needed if the guest has a disk).")
+    @Option(help: "Disk image kept in step with the guest's disk (same size as the primary's; its contents are replaced by the primary's).")
     var disk: String?
 
     @Option(help: "Declare the primary lost after this long without a frame from it.")
@@ -57,6 +57,9 @@ struct UnderstudyStandby: ParsableCommand {
             logger.error("\(error)")
             throw ExitCode(1)
         } catch let error as MachineError {
+            logger.error("\(error)")
+            throw ExitCode(1)
+        } catch let error as DiskError {
             logger.error("\(error)")
             throw ExitCode(1)
         }

@@ -31,7 +31,9 @@ public final class ChildProcess: @unchecked Sendable {
             if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
             directory = directory.deletingLastPathComponent()
         }
-        return nil
+        // Benchmarks may run from elsewhere: the package's release build.
+        let release = GuestPrograms.packageRoot.appendingPathComponent(".build/release/\(name)").path
+        return FileManager.default.isExecutableFile(atPath: release) ? release : nil
     }
 
     public init(_ name: String, _ arguments: [String]) throws {

@@ -34,6 +34,6 @@ public final class CheckpointEncoder {
             cache.store(page, contents: contents)
         }
         return Checkpoint(sequence: staged.sequence, isFull: staged.isFull, pageCount: staged.count,
-                          pages: pages, state: staged.state, output: staged.output)
+                          pages: pages, state: staged.state, output: staged.output, disk: staged.disk)
     }
 }

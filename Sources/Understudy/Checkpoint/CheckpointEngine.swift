@@ -59,6 +59,8 @@ public final class CheckpointEngine: @unchecked Sendable {
     public var sink: (@Sendable (Checkpoint) -> Void)?
     /// Output held until its checkpoint commits; the engine closes its epochs.
     public var outputBuffer: OutputBuffer?
+    /// The guest's block writes, closed with each epoch into its checkpoint.
+    public var diskLog: DiskWriteLog?
     /// Called (on the epoch thread) when an epoch fails and the loop ends; `stop()` rethrows the error.
     public var failureHandler: (@Sendable (any Error) -> Void)?
 
@@ -99,7 +101,9 @@ public final class CheckpointEngine: @unchecked Sendable {
         if isFull { for i in 0..<dirty.pageCount { dirty[i] = true } }
         let state = try machine.saveCheckpointState()
         let output = outputBuffer?.closeEpoch(nextSequence) ?? []
-        staged.fill(sequence: nextSequence, isFull: isFull, dirty: dirty, memory: machine.guestMemoryBase, state: state, output: output)
+        let disk = try diskLog?.closeEpoch(nextSequence) ?? []
+        staged.fill(sequence: nextSequence, isFull: isFull, dirty: dirty, memory: machine.guestMemoryBase, state: state,
+                    output: output, disk: disk)
         nextSequence += 1
     }
 
@@ -187,7 +191,7 @@ public final class CheckpointEngine: @unchecked Sendable {
                 let (pause, pages, stretched) = pending.withLock { $0.removeValue(forKey: staged.sequence) } ?? (.zero, staged.count, false)
                 stats.withLock {
                     $0.append(EpochStatistics(sequence: checkpoint.sequence, pause: pause, dirtyPages: pages,
-                                              rawBytes: pages * pageSize + staged.state.count,
+                                              rawBytes: pages * pageSize + staged.state.count + staged.disk.count,
                                               encodedBytes: checkpoint.encodedSize, encodeTime: encodeTime, stretched: stretched))
                     if $0.count > 100_000 { $0.removeFirst($0.count - 100_000) }
                 }

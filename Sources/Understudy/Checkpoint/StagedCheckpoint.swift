@@ -13,6 +13,8 @@ public final class StagedCheckpoint: @unchecked Sendable {
     public private(set) var state: [UInt8] = []
     /// The epoch's external output (`OutputRecord` bytes).
     public private(set) var output: [UInt8] = []
+    /// The epoch's block writes (`DiskRecord` bytes).
+    public private(set) var disk: [UInt8] = []
 
     public init(initialCapacityPages: Int = 1024) {
         capacity = max(1, initialCapacityPages)
@@ -28,7 +30,7 @@ public final class StagedCheckpoint: @unchecked Sendable {
     public func contents(_ index: Int) -> UnsafeRawPointer { UnsafeRawPointer(buffer + index * pageSize) }
 
     /// Copies the pages marked in `dirty` out of `memory` and records `state`.
-    func fill(sequence: UInt64, isFull: Bool, dirty: DirtyBitmap, memory: UnsafeRawPointer, state: [UInt8], output: [UInt8] = []) {
+    func fill(sequence: UInt64, isFull: Bool, dirty: DirtyBitmap, memory: UnsafeRawPointer, state: [UInt8], output: [UInt8] = [], disk: [UInt8] = []) {
         self.sequence = sequence
         self.isFull = isFull
         pageNumbers.removeAll(keepingCapacity: true)
@@ -46,5 +48,6 @@ public final class StagedCheckpoint: @unchecked Sendable {
         }
         self.state = state
         self.output = output
+        self.disk = disk
     }
 }

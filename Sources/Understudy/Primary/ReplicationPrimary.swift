@@ -13,10 +13,15 @@ public struct PrimaryConfiguration: Sendable {
     /// What the standby must be able to give the guest, and the guest's MAC.
     public var devices: Hello.Devices
     public var mac: [UInt8]
+    /// The guest's block writes, when it has a disk: copied whole to each new
+    /// standby, then sent with every checkpoint.
+    public var disk: DiskWriteLog?
 
     public init(standby: SocketAddress, engine: EngineConfiguration = EngineConfiguration(),
                 heartbeatTimeout: Duration = StandbyConfiguration.defaultHeartbeatTimeout,
-                reconnectInterval: Duration = .seconds(1), devices: Hello.Devices = [], mac: [UInt8] = [0, 0, 0, 0, 0, 0]) {
+                reconnectInterval: Duration = .seconds(1), devices: Hello.Devices = [], mac: [UInt8] = [0, 0, 0, 0, 0, 0],
+                disk: DiskWriteLog? = nil) {
+        self.disk = disk
         self.standby = standby
         self.engine = engine
         self.heartbeatTimeout = heartbeatTimeout
@@ -159,7 +164,8 @@ public final class ReplicationPrimary: @unchecked Sendable {
         let connection = try TCPConnection.connect(to: configuration.standby, timeout: .seconds(1))
         let link = FrameConnection(connection)
         let hello = Hello(session: Hello.newSession(), memorySize: UInt64(machine.guestMemorySize), devices: configuration.devices,
-                          epochMicroseconds: UInt32(clamping: configuration.engine.epoch.milliseconds * 1000), mac: configuration.mac)
+                          epochMicroseconds: UInt32(clamping: configuration.engine.epoch.milliseconds * 1000), mac: configuration.mac,
+                          diskSize: configuration.disk?.size ?? 0)
         try link.send(Frame(.hello, payload: hello.payload))
         let reply = try link.receive(timeout: .seconds(5))
         switch reply.kind {
@@ -173,6 +179,28 @@ public final class ReplicationPrimary: @unchecked Sendable {
         }
         logger.info("standby accepted the session", metadata: ["standby": "\(configuration.standby)", "session": "\(hello.sessionText)"])
         return link
+    }
+
+    /// The whole disk image to a new standby while the guest runs (writes made
+    /// meanwhile are tracked and resent; the rest rides in checkpoint 0).
+    private func copyDisk(_ disk: DiskWriteLog, over link: FrameConnection) throws {
+        disk.beginSync()
+        let started = ContinuousClock.now
+        var tenth = -1
+        let sent = try DiskSync.copy(log: disk, send: { offset, bytes in
+            var payload: [UInt8] = []
+            payload.reserveCapacity(8 + bytes.count)
+            payload.appendLittleEndian(offset)
+            payload += bytes
+            try link.send(Frame(.diskData, payload: payload))
+        }, progress: { done, total in
+            let now = total == 0 ? 10 : done * 10 / total
+            if now > tenth {
+                tenth = now
+                logger.info("copying the disk to the standby: \(now * 10)% of \(total >> 20) MiB allocated")
+            }
+        })
+        logger.info("disk copied", metadata: ["bytes": "\(sent)", "time": "\(ContinuousClock.now - started)"])
     }
 
     /// One standby, from full image to loss or stop.
@@ -235,15 +263,22 @@ public final class ReplicationPrimary: @unchecked Sendable {
         receiver.name = "understudy-primary-acks"
         receiver.start()
         let heartbeats = Heartbeats.start(on: link, every: configuration.heartbeatTimeout / 4, name: "understudy-primary-heartbeat")
-        do {
-            try engine.start()
-        } catch {
-            markLost("\(error)")
+        if let disk = configuration.disk {
+            engine.diskLog = disk
+            do { try copyDisk(disk, over: link) } catch { markLost("copying the disk: \(error)") }
+        }
+        if lost.withLock({ $0 }) == nil {
+            do {
+                try engine.start()
+            } catch {
+                markLost("\(error)")
+            }
         }
         while lost.withLock({ $0 }) == nil && !stopping.load(ordering: .relaxed) { wake.wait() }
 
         if let reason = lost.withLock({ $0 }) {
             try? engine.stop()
+            configuration.disk?.stopRecording()
             heartbeats.stop()
             logger.error("standby lost: \(reason)")
             output.passThrough()
@@ -264,6 +299,7 @@ public final class ReplicationPrimary: @unchecked Sendable {
             let closeBy = ContinuousClock.now + .seconds(1)
             while lost.withLock({ $0 }) == nil && ContinuousClock.now < closeBy { Thread.sleep(forTimeInterval: 0.005) }
             markLost("stopped")
+            configuration.disk?.stopRecording()
         }
         pastStatistics.withLock { $0 += engine.statistics }
         state.withLock { $0.engine = nil }

@@ -14,6 +14,11 @@ public final class ReplicaImage: @unchecked Sendable {
     /// The external output of the committed checkpoint's epoch (`OutputRecord`
     /// bytes): what a standby taking over releases first.
     public private(set) var output: [UInt8] = []
+    /// The standby's disk image, if the guest has a disk: each checkpoint's block
+    /// writes are applied to it when, and only when, the checkpoint commits.
+    public var disk: ReplicaDisk?
+    /// Block-write bytes applied by the newest checkpoint, and how long that took.
+    public private(set) var lastDiskApply: (bytes: Int, time: Duration) = (0, .zero)
     /// The sequence number of the committed checkpoint, nil before the first.
     public private(set) var committedSequence: UInt64?
     private let codec = PageCodec()
@@ -39,6 +44,9 @@ public final class ReplicaImage: @unchecked Sendable {
         case firstMustBeFull
         case badPage(index: Int, reason: String)
         case badOutput(String)
+        case badDisk(String)
+        /// The disk image could not be written: the replica's disk may be behind its memory.
+        case diskFailed(String)
 
         public var description: String {
             switch self {
@@ -47,6 +55,8 @@ public final class ReplicaImage: @unchecked Sendable {
             case .firstMustBeFull: "the first checkpoint must be a full image"
             case .badPage(let index, let reason): "page record \(index): \(reason)"
             case .badOutput(let reason): "output: \(reason)"
+            case .badDisk(let reason): "disk: \(reason)"
+            case .diskFailed(let reason): "writing the replica's disk failed: \(reason)"
             }
         }
     }
@@ -60,7 +70,33 @@ public final class ReplicaImage: @unchecked Sendable {
             guard checkpoint.isFull else { throw .firstMustBeFull }
         }
         do { _ = try OutputRecord.decode(checkpoint.output) } catch { throw .badOutput(error.description) }
+        var diskItems: [DiskRecord.Item] = []
+        if !checkpoint.disk.isEmpty {
+            guard let disk else { throw .badDisk("block writes for a standby without a disk") }
+            do { diskItems = try DiskRecord.decode(checkpoint.disk, diskSize: disk.size) } catch { throw .badDisk(error.description) }
+        }
         try decodeIntoStaging(checkpoint)
+        // Commit. The disk first: if it fails, the memory stays the previous checkpoint.
+        if let disk, !diskItems.isEmpty || checkpoint.isFull {
+            let started = ContinuousClock.now
+            var bytes = 0
+            do {
+                var flush = checkpoint.isFull        // the initial copy becomes durable with the full image
+                for item in diskItems {
+                    switch item {
+                    case .write(let offset, let data):
+                        try disk.write(offset: offset, data)
+                        bytes += data.count
+                    case .flush:
+                        flush = true
+                    }
+                }
+                if flush { try disk.sync() }
+            } catch {
+                throw .diskFailed(error.description)
+            }
+            lastDiskApply = (bytes, ContinuousClock.now - started)
+        }
         // Commit: nothing below can fail.
         for (index, page) in stagedPages.enumerated() {
             (memory.base + page * pageSize).copyMemory(from: staging + index * pageSize, byteCount: pageSize)

@@ -13,9 +13,13 @@ public struct StandbyConfiguration: Sendable {
     public var maximumMemory: UInt64
     /// How long a new connection may take to say hello.
     public var handshakeTimeout: Duration
+    /// The disk image the guest's disk is replicated into (same size as the primary's).
+    public var disk: ReplicaDisk?
 
     public init(listen: SocketAddress, heartbeatTimeout: Duration = StandbyConfiguration.defaultHeartbeatTimeout,
-                devices: Hello.Devices = [], maximumMemory: UInt64 = 64 << 30, handshakeTimeout: Duration = .seconds(5)) {
+                devices: Hello.Devices = [], maximumMemory: UInt64 = 64 << 30, handshakeTimeout: Duration = .seconds(5),
+                disk: ReplicaDisk? = nil) {
+        self.disk = disk
         self.listen = listen
         self.heartbeatTimeout = heartbeatTimeout
         self.devices = devices
@@ -62,6 +66,9 @@ public final class StandbyReceiver: @unchecked Sendable {
     /// after the newest `releasedThrough` mark), oldest first: what a standby
     /// taking over releases, so nothing acknowledged to the guest is lost.
     public private(set) var unreleasedOutput: [(sequence: UInt64, output: [UInt8])] = []
+    /// The longest time between two frames from the primary in the current
+    /// session (what the heartbeat timeout must stay above).
+    public private(set) var longestSilence: Duration = .zero
     /// Time at which the newest checkpoint was committed.
     public private(set) var lastCommit: ContinuousClock.Instant?
     private let logger: Logger
@@ -132,7 +139,8 @@ public final class StandbyReceiver: @unchecked Sendable {
             return try receiveCheckpoints(link)
         } catch {
             if stopping.load(ordering: .relaxed) { return .stopped }
-            logger.error("primary lost: \(error)", metadata: ["committed": "\(replica?.committedSequence.map(String.init) ?? "none")"])
+            logger.error("primary lost: \(error)", metadata: ["committed": "\(replica?.committedSequence.map(String.init) ?? "none")",
+                                                          "longest-silence": "\(longestSilence.milliseconds) ms"])
             return .primaryLost(reason: "\(error)")
         }
     }
@@ -154,6 +162,9 @@ public final class StandbyReceiver: @unchecked Sendable {
                          missingDevices.contains(.disk) ? "a disk (start the standby with --disk)" : nil].compactMap { $0 }
             throw WireError.refused("the guest has \(names.joined(separator: " and ")) that this standby cannot give it")
         }
+        if offered.devices.contains(.disk), let disk = configuration.disk, disk.size != offered.diskSize {
+            throw WireError.refused("the guest's disk is \(offered.diskSize) bytes, this standby's image \(disk.path) is \(disk.size)")
+        }
         if let existing = replica, existing.committedSequence != nil {
             throw WireError.refused("this standby already holds a committed replica of another session; start a fresh standby")
         }
@@ -161,9 +172,17 @@ public final class StandbyReceiver: @unchecked Sendable {
             replica = nil
             replica = try ReplicaImage(memorySize: Int(offered.memorySize))
         }
+        if offered.devices.contains(.disk), let disk = configuration.disk {
+            do { try disk.reset() } catch { throw WireError.refused("\(error)") }
+            logger.notice("the standby's disk image is replaced by the primary's", metadata: ["path": "\(disk.path)"])
+            replica?.disk = disk
+        } else {
+            replica?.disk = nil
+        }
         hello = offered
         guestAddresses = []
         unreleasedOutput = []
+        diskBytesReceived = 0
         try link.send(Frame(.welcome, payload: offered.payload))
         return offered
     }
@@ -172,11 +191,24 @@ public final class StandbyReceiver: @unchecked Sendable {
         guard let replica else { throw WireError.unexpected("no replica") }
         var assembler = CheckpointAssembler(guestPages: replica.pageCount)
         var reportedTenth = 0
+        var lastFrame = ContinuousClock.now
+        longestSilence = .zero
         while !stopping.load(ordering: .relaxed) {
-            let frame = try link.receive(timeout: configuration.heartbeatTimeout)
+            let frame: Frame
+            do {
+                frame = try link.receive(timeout: configuration.heartbeatTimeout)
+            } catch {
+                longestSilence = max(longestSilence, ContinuousClock.now - lastFrame)
+                throw error
+            }
+            let now = ContinuousClock.now
+            if replica.committedSequence != nil { longestSilence = max(longestSilence, now - lastFrame) }
+            lastFrame = now
             switch frame.kind {
             case .heartbeat:
                 continue
+            case .diskData:
+                try writeInitialDisk(frame, replica: replica)
             case .goodbye:
                 let reason = String(decoding: frame.payload.prefix(1024), as: UTF8.self)
                 logger.info("primary said goodbye: \(reason)")
@@ -198,7 +230,8 @@ public final class StandbyReceiver: @unchecked Sendable {
                 learnAddresses(checkpoint.output)
                 try link.send(Frame(.ack, sequence: checkpoint.sequence))
                 if checkpoint.isFull {
-                    logger.info("full image committed; the guest is protected", metadata: ["sequence": "\(checkpoint.sequence)"])
+                    logger.info("full image committed; the guest is protected", metadata: [
+                        "sequence": "\(checkpoint.sequence)", "disk-copy": "\(diskBytesReceived >> 10) KiB"])
                 }
             case .hello, .welcome, .refuse, .ack:
                 throw WireError.unexpected("\(frame.kind) inside a session")
@@ -206,6 +239,26 @@ public final class StandbyReceiver: @unchecked Sendable {
         }
         return .stopped
     }
+
+    /// A chunk of the initial disk copy: only before the first checkpoint
+    /// commits (until then there is nothing to fail over to, so writing the
+    /// image directly is safe).
+    private func writeInitialDisk(_ frame: Frame, replica: ReplicaImage) throws {
+        guard replica.committedSequence == nil else { throw WireError.unexpected("disk data after the first checkpoint") }
+        guard let disk = replica.disk else { throw WireError.unexpected("disk data for a standby without a disk") }
+        guard frame.payload.count >= 8 else { throw WireError.malformed("disk data payload of \(frame.payload.count) bytes") }
+        var offset: UInt64 = 0
+        for i in 0..<8 { offset |= UInt64(frame.payload[i]) << (8 * UInt64(i)) }
+        let bytes = frame.payload[8...]
+        guard offset <= disk.size, UInt64(bytes.count) <= disk.size - offset else {
+            throw WireError.malformed("disk data at \(offset)+\(bytes.count) beyond the \(disk.size)-byte disk")
+        }
+        try disk.write(offset: offset, bytes)
+        diskBytesReceived += bytes.count
+    }
+
+    /// Bytes of the initial disk copy received in this session.
+    public private(set) var diskBytesReceived = 0
 
     private func learnAddresses(_ output: [UInt8]) {
         guard let mac = hello?.mac, !output.isEmpty, let records = try? OutputRecord.decode(output) else { return }

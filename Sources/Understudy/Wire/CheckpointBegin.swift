@@ -3,10 +3,13 @@
 /// frames. The receiver checks every size against its limits before it
 /// allocates anything.
 public struct CheckpointBegin: Sendable, Equatable {
-    public static let payloadSize = 32
+    public static let payloadSize = 36
     /// Bounds a receiver applies.
     public static let maximumStateBytes = 16 << 20
     public static let maximumOutputBytes = 64 << 20
+    /// The most block-write bytes one checkpoint may carry (what the standby holds
+    /// in memory until the checkpoint commits).
+    public static let maximumDiskBytes = 256 << 20
     /// The most one encoded page record may take (9-byte header, payload never
     /// larger than a raw page plus compressor overhead).
     public static let maximumRecordBytes = 9 + 2 * 4096
@@ -20,9 +23,11 @@ public struct CheckpointBegin: Sendable, Equatable {
     /// this one (`UInt64.max`: none yet). A standby taking over releases the
     /// output of every committed epoch after it, so none is lost.
     public var releasedThrough: UInt64
+    public var diskLength: UInt32
 
     public init(_ checkpoint: Checkpoint, releasedThrough: UInt64 = .max) {
         self.releasedThrough = releasedThrough
+        diskLength = UInt32(checkpoint.disk.count)
         isFull = checkpoint.isFull
         pageCount = UInt32(checkpoint.pageCount)
         pagesLength = UInt64(checkpoint.pages.count)
@@ -30,7 +35,7 @@ public struct CheckpointBegin: Sendable, Equatable {
         outputLength = UInt32(checkpoint.output.count)
     }
 
-    public var bodyLength: Int { Int(pagesLength) + Int(stateLength) + Int(outputLength) }
+    public var bodyLength: Int { Int(pagesLength) + Int(stateLength) + Int(outputLength) + Int(diskLength) }
 
     public var payload: [UInt8] {
         var out: [UInt8] = [isFull ? 1 : 0, 0, 0, 0]
@@ -39,6 +44,7 @@ public struct CheckpointBegin: Sendable, Equatable {
         out.appendLittleEndian(stateLength)
         out.appendLittleEndian(outputLength)
         out.appendLittleEndian(releasedThrough)
+        out.appendLittleEndian(diskLength)
         return out
     }
 
@@ -53,6 +59,7 @@ public struct CheckpointBegin: Sendable, Equatable {
         stateLength = try reader.integer()
         outputLength = try reader.integer()
         releasedThrough = try reader.integer()
+        diskLength = try reader.integer()
         try reader.finish()
         guard Int(pageCount) <= guestPages else { throw .malformed("\(pageCount) pages, the guest has \(guestPages)") }
         guard pagesLength <= UInt64(pageCount) * UInt64(Self.maximumRecordBytes) else {
@@ -60,5 +67,6 @@ public struct CheckpointBegin: Sendable, Equatable {
         }
         guard stateLength <= Self.maximumStateBytes else { throw .malformed("state of \(stateLength) bytes") }
         guard outputLength <= Self.maximumOutputBytes else { throw .malformed("output of \(outputLength) bytes") }
+        guard diskLength <= Self.maximumDiskBytes else { throw .malformed("\(diskLength) bytes of disk writes, over the \(Self.maximumDiskBytes) a standby holds") }
     }
 }

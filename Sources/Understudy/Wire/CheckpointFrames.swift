@@ -9,7 +9,7 @@ public enum CheckpointFrames {
         try body(Frame(.checkpointBegin, sequence: checkpoint.sequence, payload: begin.payload))
         var chunk: [UInt8] = []
         chunk.reserveCapacity(min(chunkSize, checkpoint.encodedSize))
-        for part in [checkpoint.pages, checkpoint.state, checkpoint.output] {
+        for part in [checkpoint.pages, checkpoint.state, checkpoint.output, checkpoint.disk] {
             var offset = 0
             while offset < part.count {
                 let take = min(chunkSize - chunk.count, part.count - offset)
@@ -82,9 +82,10 @@ public struct CheckpointAssembler: Sendable {
             try reader.finish()
             let pagesEnd = Int(announced.pagesLength)
             let stateEnd = pagesEnd + Int(announced.stateLength)
+            let outputEnd = stateEnd + Int(announced.outputLength)
             var checkpoint = Checkpoint(sequence: frame.sequence, isFull: announced.isFull, pageCount: Int(announced.pageCount),
                                         pages: Array(body[0..<pagesEnd]), state: Array(body[pagesEnd..<stateEnd]),
-                                        output: Array(body[stateEnd...]))
+                                        output: Array(body[stateEnd..<outputEnd]), disk: Array(body[outputEnd...]))
             checkpoint.digest = digest          // as sent: the replica verifies it against the contents
             return (checkpoint, announced.releasedThrough)
         default:

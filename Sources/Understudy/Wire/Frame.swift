@@ -26,6 +26,9 @@ public struct Frame: Sendable, Equatable {
         case heartbeat = 8
         /// Either way: an orderly end of the session (no failover follows).
         case goodbye = 9
+        /// Primary -> standby, before the first checkpoint: disk image bytes
+        /// (payload: byte offset u64, then the bytes).
+        case diskData = 10
     }
 
     public static let magic: UInt32 = 0x5052_5355          // "USRP" little-endian

@@ -2,7 +2,7 @@
 /// standby's welcome: what the standby must match to hold a replica of this guest.
 public struct Hello: Sendable, Equatable {
     public static let protocolVersion: UInt16 = 1
-    public static let payloadSize = 52
+    public static let payloadSize = 60
 
     public var version: UInt16
     /// Random per session: a new standby, or a reconnect, is a new session.
@@ -16,6 +16,8 @@ public struct Hello: Sendable, Equatable {
     public var epochMicroseconds: UInt32
     /// The guest's network card's MAC (six zeros without one): the standby's card must have it.
     public var mac: [UInt8]
+    /// The guest's disk size in bytes (0 without a disk): the standby's image must match.
+    public var diskSize: UInt64
 
     public struct Devices: OptionSet, Sendable, Equatable {
         public let rawValue: UInt32
@@ -28,7 +30,7 @@ public struct Hello: Sendable, Equatable {
     public static let supportedCodecFeatures: UInt32 = PageEncoding.allCases.reduce(0) { $0 | 1 << UInt32($1.rawValue) }
 
     public init(session: [UInt8], memorySize: UInt64, devices: Devices, epochMicroseconds: UInt32,
-                mac: [UInt8] = [0, 0, 0, 0, 0, 0], version: UInt16 = Hello.protocolVersion, pageSize: UInt32 = 4096,
+                mac: [UInt8] = [0, 0, 0, 0, 0, 0], diskSize: UInt64 = 0, version: UInt16 = Hello.protocolVersion, pageSize: UInt32 = 4096,
                 codecFeatures: UInt32 = Hello.supportedCodecFeatures) {
         self.version = version
         self.session = session
@@ -38,6 +40,7 @@ public struct Hello: Sendable, Equatable {
         self.devices = devices
         self.epochMicroseconds = epochMicroseconds
         self.mac = mac.count == 6 ? mac : [0, 0, 0, 0, 0, 0]
+        self.diskSize = diskSize
     }
 
     /// A fresh random session id.
@@ -60,6 +63,7 @@ public struct Hello: Sendable, Equatable {
         out.appendLittleEndian(epochMicroseconds)
         out += mac
         out += [0, 0]
+        out.appendLittleEndian(diskSize)
         return out
     }
 
@@ -81,6 +85,7 @@ public struct Hello: Sendable, Equatable {
         epochMicroseconds = try reader.integer()
         mac = Array(try reader.take(6))
         _ = try reader.take(2)
+        diskSize = try reader.integer()
         try reader.finish()
     }
 }

@@ -44,9 +44,8 @@ public final class TCPListener: @unchecked Sendable {
             throw .system(call: "accept", errno: errno)
         }
         _ = fcntl(client, F_SETFD, FD_CLOEXEC)
-        var text = [CChar](repeating: 0, count: 32)
-        var address = peer.sin_addr
-        inet_ntop(AF_INET, &address, &text, 32)
-        return TCPConnection(fd: client, peer: "\(String(cString: text)):\(UInt16(bigEndian: peer.sin_port))")
+        let host = UInt32(bigEndian: peer.sin_addr.s_addr)
+        let dotted = [24, 16, 8, 0].map { String((host >> UInt32($0)) & 0xFF) }.joined(separator: ".")
+        return TCPConnection(fd: client, peer: "\(dotted):\(UInt16(bigEndian: peer.sin_port))")
     }
 }

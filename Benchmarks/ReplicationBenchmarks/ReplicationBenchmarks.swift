@@ -1,0 +1,170 @@
+import Benchmark
+import Foundation
+import KVM
+import Logging
+import MicroVM
+import TestGuests
+import Understudy
+
+/// Replication end to end, for epochs of 1, 5 and 25 ms:
+/// - checkpoints/s, pause p50/p99 and bytes per checkpoint on the wire: the
+///   workload guest replicated in-process to a standby receiver over loopback TCP;
+/// - the added latency of a kvstore request/response through the output buffer:
+///   primary and standby processes, the client in a network namespace, against
+///   the same binaries run unprotected;
+/// - failover time: SIGKILL of the primary process to the standby starting the guest.
+/// Needs root (network namespaces, taps) and the release executables; says so and skips otherwise.
+let benchmarks: @Sendable () -> Void = {
+    guard networkTestsAvailable, ChildProcess.executable("understudy-standby") != nil else {
+        print("REPLICATION BENCHMARKS SKIPPED: they need root, /dev/kvm, /dev/net/tun and `swift build -c release`")
+        return
+    }
+    Benchmark.defaultConfiguration = .init(metrics: [.wallClock], timeUnits: .microseconds,
+                                           warmupIterations: 20, maxDuration: .seconds(5), maxIterations: 3000)
+    for epoch in [1, 5, 25] {
+        let metrics: [BenchmarkMetric] = [.custom("checkpoints/s", polarity: .prefersLarger, useScalingFactor: false),
+                                          .custom("pause p50 (µs)", useScalingFactor: false),
+                                          .custom("pause p99 (µs)", useScalingFactor: false),
+                                          .custom("wire bytes/checkpoint", useScalingFactor: false),
+                                          .custom("dirty pages/checkpoint", useScalingFactor: false)]
+        Benchmark("Replication at \(epoch) ms: workload guest (16 pages/iteration, wss 256), 3 s, loopback standby",
+                  configuration: .init(metrics: metrics, warmupIterations: 0, maxIterations: 3)) { benchmark in
+            let figures = try InProcessReplication.run(epoch: .milliseconds(epoch), seconds: 3)
+            benchmark.measurement(metrics[0], figures.checkpointsPerSecond)
+            benchmark.measurement(metrics[1], figures.pauseP50)
+            benchmark.measurement(metrics[2], figures.pauseP99)
+            benchmark.measurement(metrics[3], figures.wireBytesPerCheckpoint)
+            benchmark.measurement(metrics[4], figures.dirtyPagesPerCheckpoint)
+        }
+    }
+
+    let unprotected = KVStoreProcesses(epoch: nil)
+    Benchmark("kvstore GET round trip, unprotected (understudy-primary --unprotected)") { benchmark in
+        try unprotected.roundTrip(benchmark)
+    } setup: { try unprotected.start() } teardown: { unprotected.stop() }
+    for epoch in [1, 5, 25] {
+        let rig = KVStoreProcesses(epoch: epoch)
+        Benchmark("kvstore GET round trip, protected at \(epoch) ms (output commit)",
+                  configuration: .init(metrics: [.wallClock], timeUnits: .microseconds, warmupIterations: 5,
+                                       maxDuration: .seconds(5), maxIterations: epoch == 25 ? 150 : 1000)) { benchmark in
+            try rig.roundTrip(benchmark)
+        } setup: { try rig.start() } teardown: { rig.stop() }
+
+        Benchmark("Failover at \(epoch) ms: SIGKILL of the primary to the guest starting on the standby (kvstore)",
+                  configuration: .init(metrics: [.wallClock], timeUnits: .milliseconds, warmupIterations: 0, maxIterations: 5)) { benchmark in
+            let failover = KVStoreProcesses(epoch: epoch)
+            try failover.start()
+            defer { failover.stop() }
+            benchmark.startMeasurement()
+            try failover.killPrimaryAndWaitForTakeover()
+            benchmark.stopMeasurement()
+        }
+    }
+}
+
+struct Failure: Error { let what: String }
+
+/// The workload guest replicated in-process: a real `ReplicationPrimary` and
+/// `StandbyReceiver` talking TCP over loopback.
+enum InProcessReplication {
+    struct Figures {
+        var checkpointsPerSecond = 0, pauseP50 = 0, pauseP99 = 0, wireBytesPerCheckpoint = 0, dirtyPagesPerCheckpoint = 0
+    }
+
+    static func run(epoch: Duration, seconds: Double) throws -> Figures {
+        var logger = Logger(label: "bench")
+        logger.logLevel = .error
+        let receiver = try StandbyReceiver(configuration: StandbyConfiguration(listen: SocketAddress(host: "127.0.0.1", port: 0)), logger: logger)
+        let standby = Thread { _ = receiver.run() }
+        standby.start()
+        let output = OutputBuffer { _, _ in }
+        let machine = try Machine(configuration: .init(memorySize: 256 << 20, commandLine: "pages=16 wss=256 every=100000", dirtyTracking: .bitmap),
+                                  console: { bytes in bytes.withUnsafeBytes { output.hold(.console, $0) } })
+        try machine.start()
+        let primary = ReplicationPrimary(machine: machine, output: output,
+                                         configuration: PrimaryConfiguration(standby: SocketAddress(host: "127.0.0.1", port: receiver.listener.port),
+                                                                             engine: EngineConfiguration(epoch: epoch)), logger: logger)
+        try primary.start()
+        guard eventually(timeout: 60, { primary.status == .protected }) else { throw Failure(what: "never protected") }
+        let startStats = primary.statistics.count, startWire = primary.wireTotals
+        Thread.sleep(forTimeInterval: seconds)
+        let stats = Array(primary.statistics.dropFirst(startStats))
+        let wire = primary.wireTotals
+        primary.stop()
+        receiver.stop()
+        machine.requestStop()
+        _ = machine.waitUntilStopped()
+        let pauses = stats.map { Int($0.pause.components.attoseconds / 1_000_000_000_000) + Int($0.pause.components.seconds) * 1_000_000 }.sorted()
+        guard !pauses.isEmpty else { throw Failure(what: "no checkpoints") }
+        let count = wire.checkpoints - startWire.checkpoints
+        return Figures(checkpointsPerSecond: Int(Double(stats.count) / seconds), pauseP50: pauses[pauses.count / 2],
+                       pauseP99: pauses[pauses.count * 99 / 100],
+                       wireBytesPerCheckpoint: (wire.bytes - startWire.bytes) / max(1, count),
+                       dirtyPagesPerCheckpoint: stats.map(\.dirtyPages).reduce(0, +) / stats.count)
+    }
+}
+
+/// kvstore under understudy-primary (and understudy-standby when protected) processes.
+final class KVStoreProcesses: @unchecked Sendable {
+    let epoch: Int?
+    private var network: TestNetwork?
+    private var standby: ChildProcess?
+    private var primary: ChildProcess?
+    private var connection: NamespaceSocket?
+
+    init(epoch: Int?) { self.epoch = epoch }
+
+    func start() throws {
+        _ = try GuestPrograms.image("kvstore")
+        let image = GuestPrograms.packageRoot.appendingPathComponent("Guests/build/kvstore.elf").path
+        let network = try TestNetwork()
+        let primaryTap = try network.addTap()
+        var protection = ["--unprotected"]
+        if let epoch {
+            let standbyTap = try network.addTap()
+            let standby = try ChildProcess("understudy-standby", ["--listen", "127.0.0.1:0", "--tap", standbyTap])
+            guard let port = standby.listeningPort() else { throw Failure(what: "standby: \(standby.standardError.text)") }
+            protection = ["--standby", "127.0.0.1:\(port)", "--epoch", "\(epoch)ms"]
+            self.standby = standby
+        }
+        let primary = try ChildProcess("understudy-primary", protection + [
+            "--guest", image, "--cmdline", "ip=10.77.0.2 mask=255.255.255.0", "--tap", primaryTap, "--memory", "256M"])
+        self.primary = primary
+        self.network = network
+        guard eventually(timeout: 60, { primary.standardOutput.text.contains("listening")
+                && (epoch == nil || primary.standardError.text.contains("protected by the standby")) }) else {
+            throw Failure(what: "primary: \(primary.standardError.text)")
+        }
+        connection = try NamespaceSocket.connect(namespacePath: network.namespacePath, host: "10.77.0.2", port: 7000)
+        guard try connection?.command("SET bench 42") == "OK" else { throw Failure(what: "SET") }
+    }
+
+    func roundTrip(_ benchmark: Benchmark) throws {
+        guard let connection else { throw Failure(what: "not started") }
+        benchmark.startMeasurement()
+        let reply = try connection.command("GET bench")
+        benchmark.stopMeasurement()
+        guard reply == "VALUE 42" else { throw Failure(what: "reply \(reply)") }
+    }
+
+    /// SIGKILL to the primary; returns when the standby logs that it takes over
+    /// and the guest answers on the same connection.
+    func killPrimaryAndWaitForTakeover() throws {
+        guard let primary, let standby, let connection else { throw Failure(what: "not started") }
+        primary.signal(SIGKILL)
+        guard eventually(timeout: 30, { standby.standardError.text.contains("taking over") }) else { throw Failure(what: "no takeover") }
+        guard try connection.command("GET bench") == "VALUE 42" else { throw Failure(what: "after failover") }
+    }
+
+    func stop() {
+        connection = nil
+        primary?.signal(SIGKILL)
+        standby?.signal(SIGKILL)
+        _ = primary?.waitForExit()
+        _ = standby?.waitForExit()
+        primary = nil
+        standby = nil
+        network?.tearDown()
+        network = nil
+    }
+}

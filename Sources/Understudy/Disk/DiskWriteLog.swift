@@ -1,0 +1,137 @@
+import Foundation
+import Glibc
+
+/// The primary's record of the guest's block writes (DESIGN.md invariant 4).
+///
+/// Every write the guest makes is written to the primary's image as usual and
+/// recorded here with its epoch; `closeEpoch(_:)` (called by the engine while
+/// the guest is paused) hands the epoch's writes, and whether the guest asked
+/// for a flush, to its checkpoint as `DiskRecord` bytes. The standby applies
+/// them if and only if that checkpoint commits.
+///
+/// While a new standby receives the whole image (`DiskSync`), writes are only
+/// tracked as extents; the first checkpoint after the copy carries the current
+/// contents of every extent written during it, read from the image while the
+/// guest is paused, so no write is missed.
+///
+/// Bounded: an epoch's records are capped at `recordCap` (32 MiB); past the cap
+/// the epoch's writes collapse into extents, re-read from the image at the
+/// checkpoint (same result, no extra memory). A checkpoint carries at most
+/// `CheckpointBegin.maximumDiskBytes` (256 MiB) of writes: a standby refuses
+/// more, the session ends and the next one starts with a fresh copy.
+public final class DiskWriteLog: @unchecked Sendable {
+    /// The primary's image, read when extents must be resent.
+    public let fd: Int32
+    public let size: UInt64
+    private let lock = NSLock()
+    private var records: [UInt8] = []
+    private var flushed = false
+    /// Extents written while syncing or past the cap: (offset, length).
+    private var extents: [(UInt64, Int)] = []
+    private var tracking = false
+    /// Off without a standby: nothing is kept.
+    private var recording = false
+    /// Bytes of writes recorded per epoch, for statistics (the latest closed epoch).
+    public private(set) var lastEpochBytes = 0
+
+    /// `fd` must stay open as long as the log is used.
+    public init(fd: Int32, size: UInt64) {
+        self.fd = fd
+        self.size = size
+    }
+
+    /// The guest wrote `bytes` at byte `offset` (already on the primary's image).
+    public func write(offset: UInt64, _ bytes: UnsafeRawBufferPointer) {
+        lock.withLock {
+            guard recording else { return }
+            if tracking || records.count + bytes.count + 13 > Self.recordCap {
+                extents.append((offset, bytes.count))
+                tracking = true
+                return
+            }
+            DiskRecord.appendWrite(offset: offset, bytes, to: &records)
+        }
+    }
+
+    /// Writes kept as records per epoch; past this, as extents re-read at the checkpoint.
+    public static let recordCap = 32 << 20
+
+    /// The guest flushed (the primary's image is already synced).
+    public func flush() { lock.withLock { if recording { flushed = true } } }
+
+    /// No standby any more: drops what is kept and keeps nothing until the next `beginSync`.
+    public func stopRecording() {
+        lock.withLock {
+            recording = false
+            tracking = false
+            flushed = false
+            records.removeAll()
+            extents.removeAll()
+        }
+    }
+
+    /// From now until the next `closeEpoch`, only track extents (a new standby
+    /// is being sent the whole image).
+    public func beginSync() {
+        lock.withLock {
+            records.removeAll()
+            extents.removeAll()
+            tracking = true
+            recording = true
+            flushed = false
+        }
+    }
+
+    /// Extents written since `beginSync` (merged), left tracked.
+    public func trackedExtents() -> [(UInt64, Int)] { lock.withLock { Self.merged(extents) } }
+
+    /// Extents written since `beginSync` or the last take (merged); tracking goes on.
+    public func takeTrackedExtents() -> [(UInt64, Int)] {
+        lock.withLock {
+            defer { extents.removeAll() }
+            return Self.merged(extents)
+        }
+    }
+
+    /// Paused, for checkpoint `sequence`: the epoch's disk records.
+    public func closeEpoch(_ sequence: UInt64) throws(DiskError) -> [UInt8] {
+        lock.lock()
+        var out = records
+        let resend = extents
+        let flush = flushed
+        records.removeAll(keepingCapacity: true)
+        extents.removeAll()
+        tracking = false
+        flushed = false
+        lock.unlock()
+        for (offset, length) in DiskWriteLog.merged(resend) {
+            var chunkStart = offset
+            let end = offset + UInt64(length)
+            while chunkStart < end {
+                let count = Int(min(end - chunkStart, 1 << 20))
+                var buffer = [UInt8](repeating: 0, count: count)
+                let read = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, count, off_t(chunkStart)) }
+                guard read == count else { throw .system(call: "pread", errno: read < 0 ? errno : EIO) }
+                buffer.withUnsafeBytes { DiskRecord.appendWrite(offset: chunkStart, $0, to: &out) }
+                chunkStart += UInt64(count)
+            }
+        }
+        if flush { DiskRecord.appendFlush(to: &out) }
+        lastEpochBytes = out.count
+        return out
+    }
+
+    /// Sorted, overlapping and touching extents joined.
+    static func merged(_ extents: [(UInt64, Int)]) -> [(UInt64, Int)] {
+        var result: [(UInt64, Int)] = []
+        for (offset, length) in extents.sorted(by: { $0.0 < $1.0 }) {
+            if let last = result.last, offset <= last.0 + UInt64(last.1) {
+                let end = max(last.0 + UInt64(last.1), offset + UInt64(length))
+                result[result.count - 1].1 = Int(end - last.0)
+            } else {
+                result.append((offset, length))
+            }
+        }
+        return result
+    }
+}
