@@ -102,3 +102,45 @@ struct ReplicationProcessTests {
         Self.expectContinuous(primary: primary.standardOutput.data, standby: [], standbyLog: "")
     }
 }
+
+/// The journal guest on virtio-blk, replicated between processes with a disk
+/// image on each side; SIGKILL the primary at random moments: every record the
+/// world was told is flushed is on the standby's image, intact, and the guest
+/// keeps appending there.
+@Suite("Disk replication across processes", .enabled(if: kvmAvailable, "needs /dev/kvm"), .serialized)
+struct DiskReplicationProcessTests {
+    static var runs: Int { Int(ProcessInfo.processInfo.environment["UNDERSTUDY_DISK_FAILOVER_RUNS"] ?? "") ?? 4 }
+
+    @Test(arguments: 0..<runs)
+    func reportedRecordsSurviveTheLossOfThePrimary(run: Int) throws {
+        _ = try GuestPrograms.image("journal")
+        let image = GuestPrograms.packageRoot.appendingPathComponent("Guests/build/journal.elf").path
+        let primaryDisk = JournalImage.makeImage(megabytes: 64)
+        let standbyDisk = JournalImage.makeImage(megabytes: 64)
+        defer { try? FileManager.default.removeItem(atPath: primaryDisk); try? FileManager.default.removeItem(atPath: standbyDisk) }
+        let standby = try ChildProcess("understudy-standby", ["--listen", "127.0.0.1:0", "--disk", standbyDisk, "--heartbeat-timeout", "400ms"])
+        let port = try #require(standby.listeningPort())
+        let primary = try ChildProcess("understudy-primary", [
+            "--standby", "127.0.0.1:\(port)", "--guest", image, "--disk", primaryDisk, "--memory", "32M",
+            "--cmdline", "flush_every=8", "--epoch", "5ms", "--heartbeat-timeout", "400ms"])
+        #expect(eventually(timeout: 60) { primary.standardError.text.contains("protected by the standby") }, "primary: \(primary.standardError.text)")
+        usleep(UInt32.random(in: 200_000...1_500_000))
+        primary.signal(SIGKILL)
+        _ = primary.waitForExit()
+        let before = JournalImage.flushed(in: standby.standardOutput.lines).count
+        #expect(eventually(timeout: 60) { JournalImage.flushed(in: standby.standardOutput.lines).count >= before + 5 },
+                "the journal goes on: \(standby.standardError.text)")
+        standby.signal(SIGTERM)
+        #expect(standby.waitForExit())
+        let seenOnPrimary = JournalImage.flushed(in: primary.standardOutput.lines)
+        let seenOnStandby = JournalImage.flushed(in: standby.standardOutput.lines)
+        let reported = seenOnPrimary + seenOnStandby
+        #expect(!seenOnPrimary.isEmpty, "the primary reported flushes before it died")
+        let onDisk = try JournalImage.recordCount(path: standbyDisk)
+        #expect(onDisk >= reported.max() ?? .max, "every reported record is on the standby's disk, intact (\(onDisk) records, reported up to \(reported.max() ?? 0))")
+        // Reports continue without a gap (at most the unacknowledged epochs repeated).
+        if let last = seenOnPrimary.last, let first = seenOnStandby.first {
+            #expect(first <= last + 8, "no report lost across the failover: primary ended at \(last), standby began at \(first)")
+        }
+    }
+}
