@@ -8,4 +8,5 @@ extension Machine: ReplicatedMachine {
     public func pauseForCheckpoint() throws { try pause() }
     public func resumeAfterCheckpoint() throws { try resume() }
     public func saveCheckpointState() throws -> [UInt8] { try saveState() }
+    public var hasStopped: Bool { stopReason != nil }
 }

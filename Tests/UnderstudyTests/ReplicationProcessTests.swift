@@ -28,13 +28,15 @@ struct ReplicationProcessTests {
         let count = (primary + standby).filter { $0 == 10 }.count + 5
         let expected = Array(WorkloadReference.lines(cpu: 0, pages: workload.pages, wss: workload.wss, every: workload.every, count: count)
             .map { $0 + "\n" }.joined().utf8)
-        #expect(expected.starts(with: primary), "the primary printed what the guest computes")
+        let matches = expected.starts(with: primary)
+        let firstDifference = zip(expected, primary).enumerated().first { $0.element.0 != $0.element.1 }?.offset ?? min(expected.count, primary.count)
+        #expect(matches, "the primary printed what the guest computes; first difference at byte \(firstDifference): \(String(decoding: primary[max(0, firstDifference - 80)..<min(primary.count, firstDifference + 80)], as: UTF8.self))")
         var released = 0
         if let range = standbyLog.range(of: #"bytes=[0-9]+"#, options: .regularExpression) {
             released = Int(standbyLog[range].dropFirst(6)) ?? 0
         }
         let latest = primary.count, earliest = max(0, primary.count - released)
-        let start = (earliest...latest).first { k in
+        let start = (earliest...max(earliest, latest)).first { k in
             k + standby.count <= expected.count && expected[k..<(k + standby.count)].elementsEqual(standby)
         }
         #expect(start != nil, "the standby's output continues the primary's with no gap (primary \(primary.count) bytes, released \(released))")
@@ -87,6 +89,22 @@ struct ReplicationProcessTests {
         second.signal(SIGTERM)
         #expect(second.waitForExit())
         Self.expectContinuous(primary: primary.standardOutput.data, standby: second.standardOutput.data, standbyLog: second.standardError.text)
+    }
+
+    /// The guest exits by itself on the primary: all its output is released, the
+    /// standby is told goodbye and does not take over.
+    @Test func guestExitIsNotAFailover() throws {
+        let (standby, port) = try Self.standby()
+        let primary = try ChildProcess("understudy-primary", ["--standby", "127.0.0.1:\(port)", "--memory", "32M", "--epoch", "5ms",
+                                                              "--cmdline", Self.cmdline + " count=30"])
+        #expect(primary.waitForExit(timeout: 120))
+        #expect(primary.process.terminationStatus == 0)
+        #expect(standby.waitForExit(timeout: 30), "the standby exits after goodbye")
+        #expect(standby.process.terminationStatus == 0)
+        #expect(standby.standardOutput.data.count == 0, "nothing ran on the standby")
+        #expect(!standby.standardError.text.contains("taking over"), "standby: \(standby.standardError.text)")
+        #expect(primary.standardOutput.lines == WorkloadReference.lines(cpu: 0, pages: Self.workload.pages, wss: Self.workload.wss,
+                                                                        every: Self.workload.every, count: 30))
     }
 
     /// An orderly stop of the primary: the standby is told goodbye and does not take over.

@@ -23,4 +23,11 @@ public protocol ReplicatedMachine: AnyObject, Sendable {
     func collectDirtyPages(into bitmap: DirtyBitmap) throws
     /// vCPU, VM and device state as versioned bytes. Paused only.
     func saveCheckpointState() throws -> [UInt8]
+    /// Whether the guest has stopped for good (it exited, or the VMM stopped
+    /// it): a checkpoint that fails then is the end of the run, not a fault.
+    var hasStopped: Bool { get }
+}
+
+extension ReplicatedMachine {
+    public var hasStopped: Bool { false }
 }

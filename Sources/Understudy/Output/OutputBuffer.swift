@@ -26,6 +26,9 @@ public final class OutputBuffer: @unchecked Sendable {
     public let capacityBytes: Int
     private let release: @Sendable (OutputRecord.Kind, [UInt8]) -> Void
     private let lock = NSLock()
+    /// Held while items go out, so releases never overtake each other (at the
+    /// switch to pass-through, the held items go before any new one).
+    private let releasing = NSLock()
     private var held: [(epoch: UInt64, record: OutputRecord, since: ContinuousClock.Instant)] = []
     private var heldBytes = 0
     private var currentEpoch: UInt64 = 0
@@ -52,7 +55,7 @@ public final class OutputBuffer: @unchecked Sendable {
         lock.lock()
         guard protected else {
             lock.unlock()
-            release(kind, Array(bytes))
+            releasing.withLock { release(kind, Array(bytes)) }
             return
         }
         defer { lock.unlock() }
@@ -80,6 +83,8 @@ public final class OutputBuffer: @unchecked Sendable {
 
     /// Checkpoint `sequence` is committed: releases everything of epochs up to it, in order.
     public func commit(upTo sequence: UInt64) {
+        releasing.lock()
+        defer { releasing.unlock() }
         lock.lock()
         var count = 0
         while count < held.count && held[count].epoch <= sequence { count += 1 }
@@ -108,6 +113,8 @@ public final class OutputBuffer: @unchecked Sendable {
     /// output through at once. Returns the number of items released.
     @discardableResult
     public func passThrough() -> Int {
+        releasing.lock()
+        defer { releasing.unlock() }
         lock.lock()
         protected = false
         let out = held

@@ -216,7 +216,12 @@ public final class ReplicationPrimary: @unchecked Sendable {
         output.protect()
         let engine = CheckpointEngine(machine: machine, configuration: configuration.engine)
         engine.outputBuffer = output
-        engine.failureHandler = { error in markLost("checkpointing failed: \(error)") }
+        let machine = self.machine
+        engine.failureHandler = { [wake] error in
+            // The guest stopped (exited): the run is ending, and whoever stopped it
+            // calls stop(), which says goodbye. Anything else is a fault.
+            if machine.hasStopped { wake.signal() } else { markLost("checkpointing failed: \(error)") }
+        }
         let log = logger
         engine.sink = { [self] checkpoint in
             guard lost.withLock({ $0 }) == nil else { return }
