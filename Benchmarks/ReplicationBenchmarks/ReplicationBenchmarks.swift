@@ -38,6 +38,14 @@ let benchmarks: @Sendable () -> Void = {
         }
     }
 
+    for epoch in [nil, 1, 25] as [Int?] {
+        let label = epoch.map { "replicated at \($0) ms" } ?? "unprotected"
+        Benchmark("journal: 18,000 sector writes + 2,250 flushes, \(label) (report of record 2,000 to the end)",
+                  configuration: .init(metrics: [.wallClock], timeUnits: .milliseconds, warmupIterations: 0, maxIterations: 3)) { benchmark in
+            try JournalProcesses.run(epoch: epoch, benchmark: benchmark)
+        }
+    }
+
     let unprotected = KVStoreProcesses(epoch: nil)
     Benchmark("kvstore GET round trip, unprotected (understudy-primary --unprotected)") { benchmark in
         try unprotected.roundTrip(benchmark)
@@ -166,5 +174,40 @@ final class KVStoreProcesses: @unchecked Sendable {
         standby = nil
         network?.tearDown()
         network = nil
+    }
+}
+
+/// The journal guest on a 64 MiB image under understudy-primary (and a standby
+/// with its own image when replicated), timed from the report of record 2,000
+/// (well after the standby holds the guest) to the end of its 20,000 writes.
+/// Both ends are seen through output commit, so each lags by about an epoch.
+enum JournalProcesses {
+    static func run(epoch: Int?, benchmark: Benchmark) throws {
+        _ = try GuestPrograms.image("journal")
+        let image = GuestPrograms.packageRoot.appendingPathComponent("Guests/build/journal.elf").path
+        let primaryDisk = JournalImage.makeImage(megabytes: 64)
+        let standbyDisk = JournalImage.makeImage(megabytes: 64)
+        defer { try? FileManager.default.removeItem(atPath: primaryDisk); try? FileManager.default.removeItem(atPath: standbyDisk) }
+        var protection = ["--unprotected"]
+        var standby: ChildProcess?
+        if let epoch {
+            let process = try ChildProcess("understudy-standby", ["--listen", "127.0.0.1:0", "--disk", standbyDisk])
+            guard let port = process.listeningPort() else { throw Failure(what: "standby: \(process.standardError.text)") }
+            protection = ["--standby", "127.0.0.1:\(port)", "--epoch", "\(epoch)ms"]
+            standby = process
+        }
+        defer { standby?.signal(SIGKILL); _ = standby?.waitForExit() }
+        let primary = try ChildProcess("understudy-primary", protection + [
+            "--guest", image, "--disk", primaryDisk, "--memory", "32M", "--cmdline", "count=20000 flush_every=8"])
+        guard eventually(timeout: 60, { primary.standardOutput.text.contains("flushed 2000\n") }) else {
+            throw Failure(what: "journal did not start: \(primary.standardError.text)")
+        }
+        benchmark.startMeasurement()
+        _ = eventually(timeout: 300) { primary.standardOutput.text.contains("journal: wrote") }
+        benchmark.stopMeasurement()
+        guard primary.waitForExit(timeout: 30), primary.process.terminationStatus == 0 else { throw Failure(what: "journal failed") }
+        if epoch != nil, try JournalImage.recordCount(path: standbyDisk) < 19000 {
+            throw Failure(what: "the standby's image lacks records")
+        }
     }
 }
