@@ -34,7 +34,7 @@ struct UnderstudyPrimary: ParsableCommand {
     var codec = "auto"
 
     @Option(help: "Declare the standby lost after this long without a frame from it.")
-    var heartbeatTimeout = "500ms"
+    var heartbeatTimeout = "200ms"
 
     @Option(help: "How KVM reports dirty pages with a standby: bitmap or ring.")
     var dirtyTracking = "bitmap"
@@ -119,7 +119,7 @@ struct UnderstudyPrimary: ParsableCommand {
         if let standby, let address = try? SocketAddress(parsing: standby) {
             let engine = EngineConfiguration(epoch: DurationText.parse(epoch) ?? .milliseconds(5), level: CodecLevel(rawValue: codec) ?? .auto)
             protection = .standby(PrimaryConfiguration(standby: address, engine: engine,
-                                                       heartbeatTimeout: DurationText.parse(heartbeatTimeout) ?? .milliseconds(500)))
+                                                       heartbeatTimeout: DurationText.parse(heartbeatTimeout) ?? StandbyConfiguration.defaultHeartbeatTimeout))
         } else {
             logger.warning("running unprotected (--unprotected): a failure of this host loses the guest")
         }

@@ -30,7 +30,7 @@ struct UnderstudyStandby: ParsableCommand {
     var disk: String?
 
     @Option(help: "Declare the primary lost after this long without a frame from it.")
-    var heartbeatTimeout = "500ms"
+    var heartbeatTimeout = "200ms"
 
     @Flag(help: "Log debug detail.")
     var verbose = false
@@ -48,7 +48,7 @@ struct UnderstudyStandby: ParsableCommand {
         var logger = Logger(label: "understudy-standby")
         logger.logLevel = verbose ? .debug : .info
         let options = StandbyRunner.Options(listen: (try? SocketAddress(parsing: listen, listening: true)) ?? SocketAddress(host: "127.0.0.1", port: 7700),
-                                            heartbeatTimeout: DurationText.parse(heartbeatTimeout) ?? .milliseconds(500),
+                                            heartbeatTimeout: DurationText.parse(heartbeatTimeout) ?? StandbyConfiguration.defaultHeartbeatTimeout,
                                             tap: tap, disk: disk.map { DiskConfiguration(path: $0) })
         do {
             let receiver = try StandbyRunner.receiver(options, logger: logger)

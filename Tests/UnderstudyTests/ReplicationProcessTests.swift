@@ -62,6 +62,11 @@ struct ReplicationProcessTests {
         #expect(standby.waitForExit())
         #expect(standby.standardError.text.contains("taking over from checkpoint"))
         Self.expectContinuous(primary: primary.standardOutput.data, standby: standby.standardOutput.data, standbyLog: standby.standardError.text)
+        let log = standby.standardError.text
+        if let longest = log.range(of: #"longest-silence=[0-9]+ ms"#, options: .regularExpression),
+           let last = log.range(of: #"silent-for=[0-9]+ ms"#, options: .regularExpression) {
+            print("failover run \(run): \(log[longest]) between frames from the primary; \(log[last]) when its loss was seen")
+        }
     }
 
     /// The standby dies: the primary runs on unprotected and says so, a new
