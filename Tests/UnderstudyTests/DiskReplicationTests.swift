@@ -31,6 +31,19 @@ struct DiskReplicationTests {
         return (machine, log)
     }
 
+    /// An engine recording `log` into its checkpoints, and a replica with an
+    /// emptied disk on `standbyImage`.
+    static func replication(of machine: Machine, log: DiskWriteLog,
+                            standbyImage: String) throws -> (ReplicaImage, ReplicaDisk, CheckpointEngine) {
+        let replica = try ReplicaImage(memorySize: machine.memory.size)
+        let disk = try ReplicaDisk(path: standbyImage)
+        try disk.reset()
+        replica.disk = disk
+        let engine = CheckpointEngine(machine: machine)
+        engine.diskLog = log
+        return (replica, disk, engine)
+    }
+
     /// After every committed checkpoint the standby's image is byte-identical to
     /// the primary's at that checkpoint; a checkpoint torn in transit applies
     /// none of its writes (the standby's image stays at the previous one).
@@ -40,12 +53,7 @@ struct DiskReplicationTests {
         defer { try? FileManager.default.removeItem(atPath: primaryImage); try? FileManager.default.removeItem(atPath: standbyImage) }
         let (machine, log) = try Self.journal(image: primaryImage)
         defer { machine.requestStop(); _ = machine.waitUntilStopped(timeout: .seconds(10)) }
-        let replica = try ReplicaImage(memorySize: machine.memory.size)
-        let disk = try ReplicaDisk(path: standbyImage)
-        try disk.reset()
-        replica.disk = disk
-        let engine = CheckpointEngine(machine: machine)
-        engine.diskLog = log
+        let (replica, disk, engine) = try Self.replication(of: machine, log: log, standbyImage: standbyImage)
         let staged = StagedCheckpoint()
         try machine.start()
         log.beginSync()
@@ -105,12 +113,7 @@ struct DiskReplicationTests {
 
         let (machine, log) = try Self.journal(image: primaryImage, options: "flush_every=2")
         defer { machine.requestStop(); _ = machine.waitUntilStopped(timeout: .seconds(10)) }
-        let replica = try ReplicaImage(memorySize: machine.memory.size)
-        let disk = try ReplicaDisk(path: standbyImage)
-        try disk.reset()
-        replica.disk = disk
-        let engine = CheckpointEngine(machine: machine)
-        engine.diskLog = log
+        let (replica, disk, engine) = try Self.replication(of: machine, log: log, standbyImage: standbyImage)
         try machine.start()
         usleep(100_000)
         log.beginSync()

@@ -85,7 +85,7 @@ struct ReplicationProcessTests {
         let (second, _) = try Self.standby(port: port)
         #expect(eventually(timeout: 60) { primary.standardError.text.components(separatedBy: "protected by the standby").count == 3 },
                 "protected again: \(primary.standardError.text)")
-        #expect(second.standardError.text.contains("full image committed"))
+        #expect(eventually(timeout: 10) { second.standardError.text.contains("full image committed") })
         usleep(300_000)
         primary.signal(SIGKILL)
         _ = primary.waitForExit()
