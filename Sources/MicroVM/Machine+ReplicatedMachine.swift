@@ -8,5 +8,6 @@ extension Machine: ReplicatedMachine {
     public func pauseForCheckpoint() throws { try pause() }
     public func resumeAfterCheckpoint() throws { try resume() }
     public func saveCheckpointState() throws -> [UInt8] { try saveState() }
+    public func captureCheckpointState() throws -> @Sendable () -> [UInt8] { try captureState() }
     public var hasStopped: Bool { stopReason != nil }
 }

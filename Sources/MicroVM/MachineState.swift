@@ -116,7 +116,13 @@ struct MachineState {
 extension Machine {
     /// The paused machine's state as versioned bytes (guest RAM is `memory`, saved
     /// separately). Throws unless the machine is paused or was never started.
-    public func saveState() throws(MachineError) -> [UInt8] {
+    public func saveState() throws(MachineError) -> [UInt8] { try captureState()() }
+
+    /// Reads every vCPU's, the VM's and each device's state now (paused or not
+    /// yet started) and returns what encodes it as `saveState()` bytes: the
+    /// KVM reads happen here, the encoding (and its checksums) whenever the
+    /// closure runs, e.g. after the machine resumed.
+    public func captureState() throws(MachineError) -> @Sendable () -> [UInt8] {
         condition.lock()
         let phase = self.phase
         condition.unlock()
@@ -124,13 +130,17 @@ extension Machine {
             throw .wrongState("saveState: pause the machine first (it is \(phase))")
         }
         do {
-            let vcpuStates = try vcpus.map { (vcpu) throws(KVMError) in try vcpu.captureState().encoded() }
-            let vmState = try vm.captureState().encoded()
+            let vcpuStates = try vcpus.map { (vcpu) throws(KVMError) in try vcpu.captureState() }
+            let vmState = try vm.captureState()
             var deviceStates: [String: [UInt8]] = [:]
             for device in devices { deviceStates[device.name] = device.saveState() }
-            return MachineState(memorySize: configuration.memorySize, maxSlotSize: configuration.maxSlotSize,
-                                dirtyTracking: configuration.dirtyTracking, vcpuStates: vcpuStates,
-                                vmState: vmState, devices: deviceStates).encoded()
+            let configuration = configuration
+            let devices = deviceStates
+            return {
+                MachineState(memorySize: configuration.memorySize, maxSlotSize: configuration.maxSlotSize,
+                             dirtyTracking: configuration.dirtyTracking, vcpuStates: vcpuStates.map { $0.encoded() },
+                             vmState: vmState.encoded(), devices: devices).encoded()
+            }
         } catch {
             throw .kvm(error)
         }

@@ -99,7 +99,7 @@ public final class CheckpointEngine: @unchecked Sendable {
         try machine.collectDirtyPages(into: dirty)
         let isFull = nextSequence == 0
         if isFull { for i in 0..<dirty.pageCount { dirty[i] = true } }
-        let state = try machine.saveCheckpointState()
+        let state = try machine.captureCheckpointState()
         let output = outputBuffer?.closeEpoch(nextSequence) ?? []
         let disk = try diskLog?.closeEpoch(nextSequence) ?? []
         staged.fill(sequence: nextSequence, isFull: isFull, dirty: dirty, memory: machine.guestMemoryBase, state: state,

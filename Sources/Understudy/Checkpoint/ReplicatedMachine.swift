@@ -23,6 +23,11 @@ public protocol ReplicatedMachine: AnyObject, Sendable {
     func collectDirtyPages(into bitmap: DirtyBitmap) throws
     /// vCPU, VM and device state as versioned bytes. Paused only.
     func saveCheckpointState() throws -> [UInt8]
+    /// Reads vCPU, VM and device state (paused only) and returns what turns it
+    /// into the same bytes as `saveCheckpointState()`, to be called later, off
+    /// the pause (the engine encodes on its encoder thread). The default calls
+    /// `saveCheckpointState()` at once.
+    func captureCheckpointState() throws -> @Sendable () -> [UInt8]
     /// Whether the guest has stopped for good (it exited, or the VMM stopped
     /// it): a checkpoint that fails then is the end of the run, not a fault.
     var hasStopped: Bool { get }
@@ -30,4 +35,8 @@ public protocol ReplicatedMachine: AnyObject, Sendable {
 
 extension ReplicatedMachine {
     public var hasStopped: Bool { false }
+    public func captureCheckpointState() throws -> @Sendable () -> [UInt8] {
+        let bytes = try saveCheckpointState()
+        return { bytes }
+    }
 }

@@ -10,7 +10,17 @@ public final class StagedCheckpoint: @unchecked Sendable {
     public private(set) var pageNumbers: [UInt32] = []
     private var buffer: UnsafeMutableRawPointer
     private var capacity: Int
-    public private(set) var state: [UInt8] = []
+    /// The machine state as bytes: encoded on first use (on the encoder thread,
+    /// after the guest resumed), from what was captured during the pause.
+    public var state: [UInt8] {
+        if let encode = pendingState {
+            encodedState = encode()
+            pendingState = nil
+        }
+        return encodedState
+    }
+    private var encodedState: [UInt8] = []
+    private var pendingState: (@Sendable () -> [UInt8])?
     /// The epoch's external output (`OutputRecord` bytes).
     public private(set) var output: [UInt8] = []
     /// The epoch's block writes (`DiskRecord` bytes).
@@ -29,8 +39,14 @@ public final class StagedCheckpoint: @unchecked Sendable {
     /// The copied contents of the `index`-th staged page.
     public func contents(_ index: Int) -> UnsafeRawPointer { UnsafeRawPointer(buffer + index * pageSize) }
 
+    /// `fill` with state bytes already encoded.
+    func fill(sequence: UInt64, isFull: Bool, dirty: DirtyBitmap, memory: UnsafeRawPointer, state: [UInt8],
+              output: [UInt8] = [], disk: [UInt8] = []) {
+        fill(sequence: sequence, isFull: isFull, dirty: dirty, memory: memory, state: { state }, output: output, disk: disk)
+    }
+
     /// Copies the pages marked in `dirty` out of `memory` and records `state`.
-    func fill(sequence: UInt64, isFull: Bool, dirty: DirtyBitmap, memory: UnsafeRawPointer, state: [UInt8], output: [UInt8] = [], disk: [UInt8] = []) {
+    func fill(sequence: UInt64, isFull: Bool, dirty: DirtyBitmap, memory: UnsafeRawPointer, state: @escaping @Sendable () -> [UInt8], output: [UInt8] = [], disk: [UInt8] = []) {
         self.sequence = sequence
         self.isFull = isFull
         pageNumbers.removeAll(keepingCapacity: true)
@@ -46,7 +62,8 @@ public final class StagedCheckpoint: @unchecked Sendable {
             pageNumbers.append(UInt32(page))
             index += 1
         }
-        self.state = state
+        pendingState = state
+        encodedState = []
         self.output = output
         self.disk = disk
     }
