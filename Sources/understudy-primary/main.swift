@@ -36,6 +36,9 @@ struct UnderstudyPrimary: ParsableCommand {
     @Option(help: "Declare the standby lost after this long without a frame from it.")
     var heartbeatTimeout = "200ms"
 
+    @Option(help: "With a standby: log a status line this often (protection, checkpoints/s, pause, held output).")
+    var statusInterval = "10s"
+
     @Option(help: "How KVM reports dirty pages with a standby: bitmap or ring.")
     var dirtyTracking = "bitmap"
 
@@ -79,6 +82,7 @@ struct UnderstudyPrimary: ParsableCommand {
         guard let timeout = DurationText.parse(heartbeatTimeout), timeout >= .milliseconds(20) else {
             throw ValidationError("cannot read heartbeat timeout '\(heartbeatTimeout)' (at least 20ms)")
         }
+        guard DurationText.parse(statusInterval) != nil else { throw ValidationError("cannot read status interval '\(statusInterval)' (e.g. 10s)") }
         guard ["bitmap", "ring"].contains(dirtyTracking) else { throw ValidationError("--dirty-tracking must be bitmap or ring") }
         guard (1...8).contains(vcpus) else { throw ValidationError("--vcpus must be 1 to 8") }
         guard MemorySize.parse(memory) != nil else { throw ValidationError("cannot read memory size '\(memory)'") }
@@ -118,8 +122,10 @@ struct UnderstudyPrimary: ParsableCommand {
         var protection = ConsoleRunner.Protection.unprotected
         if let standby, let address = try? SocketAddress(parsing: standby) {
             let engine = EngineConfiguration(epoch: DurationText.parse(epoch) ?? .milliseconds(5), level: CodecLevel(rawValue: codec) ?? .auto)
-            protection = .standby(PrimaryConfiguration(standby: address, engine: engine,
-                                                       heartbeatTimeout: DurationText.parse(heartbeatTimeout) ?? StandbyConfiguration.defaultHeartbeatTimeout))
+            var replication = PrimaryConfiguration(standby: address, engine: engine,
+                                                   heartbeatTimeout: DurationText.parse(heartbeatTimeout) ?? StandbyConfiguration.defaultHeartbeatTimeout)
+            replication.statusInterval = DurationText.parse(statusInterval)
+            protection = .standby(replication)
         } else {
             logger.warning("running unprotected (--unprotected): a failure of this host loses the guest")
         }

@@ -17,7 +17,7 @@ struct ReplicationProcessTests {
 
     static func primary(port: UInt16, epoch: String = "5ms") throws -> ChildProcess {
         try ChildProcess("understudy-primary", ["--standby", "127.0.0.1:\(port)", "--memory", "32M", "--epoch", epoch,
-                                                "--heartbeat-timeout", "400ms", "--cmdline", cmdline])
+                                                "--heartbeat-timeout", "400ms", "--status-interval", "1s", "--cmdline", cmdline])
     }
 
     /// What the world saw (the primary's output, then the standby's) is exactly
@@ -79,6 +79,7 @@ struct ReplicationProcessTests {
         first.signal(SIGKILL)
         _ = first.waitForExit()
         #expect(eventually(timeout: 30) { primary.standardError.text.contains("RUNNING UNPROTECTED") })
+        #expect(eventually(timeout: 30) { primary.standardError.text.contains("status: UNPROTECTED") }, "the status line says so")
         let linesUnprotected = primary.standardOutput.lines.count
         #expect(eventually(timeout: 30) { primary.standardOutput.lines.count > linesUnprotected + 10 }, "output flows while unprotected")
 
@@ -86,6 +87,8 @@ struct ReplicationProcessTests {
         #expect(eventually(timeout: 60) { primary.standardError.text.components(separatedBy: "protected by the standby").count == 3 },
                 "protected again: \(primary.standardError.text)")
         #expect(eventually(timeout: 10) { second.standardError.text.contains("full image committed") })
+        #expect(eventually(timeout: 30) { primary.standardError.text.components(separatedBy: "status: PROTECTED").count > 1 },
+                "status lines report protection with checkpoints/s, pause and held output")
         usleep(300_000)
         primary.signal(SIGKILL)
         _ = primary.waitForExit()

@@ -35,10 +35,12 @@ public final class OutputBuffer: @unchecked Sendable {
     private var protected: Bool
     /// The current epoch's records, encoded as they arrive (what `closeEpoch` hands out).
     private var openEpoch: [UInt8] = []
+    private var droppedCount = 0
+    private var longestHeld: Duration = .zero
     /// Frames dropped because the buffer was full.
-    public private(set) var dropped = 0
-    /// The longest any released item was held.
-    public private(set) var maximumAge: Duration = .zero
+    public var dropped: Int { lock.withLock { droppedCount } }
+    /// The longest any released item was held (a statistic of output commit's cost).
+    public var maximumAge: Duration { lock.withLock { longestHeld } }
 
     /// `release` sends one item to the world (writes a frame to the tap, console
     /// bytes to standard output). Starts protected unless `protected` is false.
@@ -61,7 +63,7 @@ public final class OutputBuffer: @unchecked Sendable {
         defer { lock.unlock() }
         if kind == .network {
             guard heldBytes + bytes.count <= capacityBytes else {
-                dropped += 1
+                droppedCount += 1
                 return
             }
         }
@@ -93,7 +95,7 @@ public final class OutputBuffer: @unchecked Sendable {
         let now = ContinuousClock.now
         for item in out {
             heldBytes -= item.record.bytes.count
-            maximumAge = max(maximumAge, now - item.since)
+            longestHeld = max(longestHeld, now - item.since)
         }
         lock.unlock()
         for item in out { release(item.record.kind, item.record.bytes) }

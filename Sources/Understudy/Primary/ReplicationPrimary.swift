@@ -10,6 +10,8 @@ public struct PrimaryConfiguration: Sendable {
     public var heartbeatTimeout: Duration
     /// Between attempts to reach a standby.
     public var reconnectInterval: Duration
+    /// Between status lines in the log (nil: none).
+    public var statusInterval: Duration?
     /// What the standby must be able to give the guest, and the guest's MAC.
     public var devices: Hello.Devices
     public var mac: [UInt8]
@@ -26,6 +28,7 @@ public struct PrimaryConfiguration: Sendable {
         self.engine = engine
         self.heartbeatTimeout = heartbeatTimeout
         self.reconnectInterval = reconnectInterval
+        statusInterval = .seconds(10)
         self.devices = devices
         self.mac = mac
     }
@@ -127,6 +130,9 @@ public final class ReplicationPrimary: @unchecked Sendable {
     }
 
     private func supervise() {
+        let report = configuration.statusInterval.map { StatusReport(primary: self, interval: $0, logger: logger) }
+        report?.start()
+        defer { report?.stop() }
         var everConnected = false
         let firstAttemptEnds = ContinuousClock.now + .seconds(5)
         while !stopping.load(ordering: .relaxed) {
