@@ -192,3 +192,34 @@ struct StandbyHostileInputTests {
         #expect(all == WorkloadReference.lines(cpu: 0, pages: 16, wss: 1000, every: 300, count: all.count), "\(attack)")
     }
 }
+
+/// The primary does not trust its standby either: an acknowledgement of a
+/// checkpoint it has not sent whole (or out of order) releases nothing and ends
+/// the session.
+@Suite("Primary under a hostile standby", .enabled(if: kvmAvailable, "needs /dev/kvm"), .serialized)
+struct PrimaryHostileStandbyTests {
+    @Test func earlyAcknowledgementReleasesNothing() throws {
+        let log = CollectedLog()
+        let listener = try TCPListener(address: SocketAddress(host: "127.0.0.1", port: 0))
+        let output = OutputBuffer { _, _ in }
+        let machine = try Machine(configuration: .init(memorySize: 32 << 20, commandLine: "pages=4 wss=64 every=2000", dirtyTracking: .bitmap),
+                                  console: { bytes in bytes.withUnsafeBytes { output.hold(.console, $0) } })
+        defer { machine.requestStop(); _ = machine.waitUntilStopped(timeout: .seconds(10)) }
+        try machine.start()
+        var configuration = PrimaryConfiguration(standby: SocketAddress(host: "127.0.0.1", port: listener.port),
+                                                 engine: EngineConfiguration(epoch: .milliseconds(5)), heartbeatTimeout: .seconds(5))
+        configuration.statusInterval = nil
+        let primary = ReplicationPrimary(machine: machine, output: output, configuration: configuration, logger: log.logger)
+        try primary.start()
+        defer { primary.stop() }
+
+        // A "standby" that welcomes the primary, then acknowledges checkpoint 7 at once.
+        let link = FrameConnection(try #require(try listener.accept(timeout: .seconds(30))))
+        let hello = try link.receive(timeout: .seconds(10))
+        try link.send(Frame(.welcome, payload: hello.payload))
+        try link.send(Frame(.ack, sequence: 7))
+        #expect(eventually(timeout: 30) { log.text.contains("acknowledged checkpoint 7") }, "\(log.text)")
+        #expect(primary.acknowledged == nil, "the bogus acknowledgement was not taken")
+        #expect(eventually(timeout: 30) { primary.status == .unprotected })
+    }
+}

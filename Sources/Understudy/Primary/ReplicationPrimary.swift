@@ -212,6 +212,7 @@ public final class ReplicationPrimary: @unchecked Sendable {
     /// One standby, from full image to loss or stop.
     private func runSession(_ link: FrameConnection) {
         let lost = Mutex<String?>(nil)
+        let sentThrough = Mutex<UInt64?>(nil)
         let markLost: @Sendable (String) -> Void = { [wake] reason in
             let first = lost.withLock { value in
                 defer { if value == nil { value = reason } }
@@ -236,6 +237,8 @@ public final class ReplicationPrimary: @unchecked Sendable {
             do {
                 let released = state.withLock { $0.acked } ?? .max
                 try CheckpointFrames.forEach(checkpoint, releasedThrough: released) { (frame) throws(WireError) in
+                    // Before the end frame goes: its acknowledgement may come back at once.
+                    if frame.kind == .checkpointEnd { sentThrough.withLock { $0 = checkpoint.sequence } }
                     try link.send(frame)
                     sentBytes += frame.payload.count + Frame.headerSize
                     if checkpoint.isFull, checkpoint.encodedSize > 0, sentBytes * 10 / checkpoint.encodedSize > tenth {
@@ -256,6 +259,13 @@ public final class ReplicationPrimary: @unchecked Sendable {
                     let frame = try link.receive(timeout: configuration.heartbeatTimeout)
                     switch frame.kind {
                     case .ack:
+                        // Output goes out only for checkpoints sent whole, acknowledged in order.
+                        let sent = sentThrough.withLock { $0 }
+                        let previous = state.withLock { $0.acked }
+                        guard let sent, frame.sequence <= sent, previous.map({ frame.sequence == $0 + 1 }) ?? (frame.sequence == 0) else {
+                            markLost("the standby acknowledged checkpoint \(frame.sequence) (sent through \(sent.map(String.init) ?? "none"), acknowledged through \(previous.map(String.init) ?? "none"))")
+                            continue
+                        }
                         state.withLock { $0.acked = frame.sequence }
                         output.commit(upTo: frame.sequence)
                         if frame.sequence == 0 { setStatus(.protected) }
