@@ -125,6 +125,12 @@ struct StandbyHostileInputTests {
         machine.requestStop()
         _ = machine.waitUntilStopped(timeout: .seconds(10))
 
+        // A second primary is refused at once while the session runs.
+        let second = FrameConnection(try TCPConnection.connect(to: address))
+        try second.send(Self.hello(machine.memory.size))
+        let refusal = try second.receive(timeout: .seconds(10))
+        #expect(refusal.kind == .refuse && String(decoding: refusal.payload, as: UTF8.self).contains("already serves a primary"))
+
         // The attack, on the established session.
         let next = sent[4]
         switch attack {

@@ -137,7 +137,11 @@ public final class StandbyReceiver: @unchecked Sendable {
         logger.info("primary connected", metadata: ["peer": "\(link.peer)", "session": "\(accepted.sessionText)",
                                                     "memory": "\(accepted.memorySize >> 20) MiB"])
         let heartbeats = Heartbeats.start(on: link, every: configuration.heartbeatTimeout / 4, name: "understudy-standby-heartbeat")
-        defer { heartbeats.stop() }
+        let refusing = refuseOthers(while: link)
+        defer {
+            heartbeats.stop()
+            refusing.signal()
+        }
         do {
             return try receiveCheckpoints(link)
         } catch {
@@ -242,6 +246,23 @@ public final class StandbyReceiver: @unchecked Sendable {
             }
         }
         return .stopped
+    }
+
+    /// While a session runs, other connections get an immediate refusal rather
+    /// than waiting unanswered. Signal the returned semaphore to stop.
+    private func refuseOthers(while link: FrameConnection) -> DispatchSemaphore {
+        let done = DispatchSemaphore(value: 0)
+        let thread = Thread { [self] in
+            while done.wait(timeout: .now()) == .timedOut {
+                guard let other = try? listener.accept(timeout: .milliseconds(100)) else { continue }
+                logger.warning("refused a second primary from \(other.peer): a session with \(link.peer) is running")
+                try? FrameConnection(other).send(Frame(.refuse, payload: Array("this standby already serves a primary (\(link.peer))".utf8)))
+                other.shutdown()
+            }
+        }
+        thread.name = "understudy-standby-refuser"
+        thread.start()
+        return done
     }
 
     /// A chunk of the initial disk copy: only before the first checkpoint
