@@ -36,16 +36,10 @@ enum Failover {
         // before it died (usually just the last one) goes out (again) now.
         var released = 0
         var releasedBytes = 0
-        for (epoch, output) in receiver.unreleasedOutput {
-            do {
-                for record in try OutputRecord.decode(output) {
-                    world.release(record.kind, record.bytes)
-                    released += 1
-                    releasedBytes += record.bytes.count
-                }
-            } catch {
-                logger.error("the output of epoch \(epoch) could not be read (\(error)); not released")
-            }
+        for record in receiver.unreleasedOutput.flatMap(\.output) {
+            world.release(record.kind, record.bytes)
+            released += 1
+            releasedBytes += record.bytes.count
         }
         let releasedAt = clock.now
         func ms(_ duration: Duration) -> String { String(format: "%.2f ms", Double(duration.components.attoseconds) / 1e15 + Double(duration.components.seconds) * 1e3) }

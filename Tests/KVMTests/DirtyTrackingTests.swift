@@ -10,7 +10,7 @@ struct DirtyTrackingTests {
 
     /// Pages (numbers within the data slot) for one round, chosen with a seeded generator.
     static func pageSet(count: Int, seed: UInt64) -> [Int] {
-        var generator = SplitMix64(seed: seed)
+        var generator = SplitMix(seed: seed)
         let first = 0
         let last = (memorySize - Int(TestMachine.dataAddress)) / 4096 - 1
         var pages = Set<Int>()
@@ -103,15 +103,3 @@ struct DirtyTrackingTests {
     }
 }
 
-/// A small seeded generator so the page sets are the same on every run.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}

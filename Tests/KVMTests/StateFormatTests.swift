@@ -87,7 +87,7 @@ struct StateFormatTests {
     /// Random damage (flipped bytes, cut tails, spliced lengths) never crashes the decoder.
     @Test func randomDamageNeverCrashes() throws {
         let original = try Self.capturedState().vcpu
-        var generator = SplitMix64(seed: 42)
+        var generator = SplitMix(seed: 42)
         var accepted = 0
         for _ in 0..<5000 {
             var bytes = original

@@ -62,7 +62,7 @@ struct SaveRestoreTests {
 
     /// The same through a snapshot file, resumed by `understudy-primary` in another process.
     @Test func snapshotResumesInAnotherProcess() throws {
-        let executable = try #require(Self.primaryExecutable(), "understudy-primary not built next to the tests")
+        let executable = try #require(ChildProcess.executable("understudy-primary"), "understudy-primary not built next to the tests")
         let console = ConsoleBuffer()
         let machine = try Machine(configuration: .init(vcpuCount: 2, memorySize: 32 << 20, commandLine: Self.options),
                                   console: console.sink)
@@ -96,15 +96,5 @@ struct SaveRestoreTests {
             let all = before[cpu] + output.lines(cpu: cpu)
             #expect(all == Self.expected(cpu: cpu, count: all.count), "vCPU \(cpu)")
         }
-    }
-
-    static func primaryExecutable() -> String? {
-        var directory = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-        for _ in 0..<5 {
-            let candidate = directory.appendingPathComponent("understudy-primary").path
-            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
-            directory = directory.deletingLastPathComponent()
-        }
-        return nil
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import TestGuests
 import Testing
 @testable import Understudy
 
@@ -37,16 +38,6 @@ enum PageKind: String, CaseIterable, Sendable {
     }
 }
 
-struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 /// Encodes `new` against `old`, decodes into a copy of `old` (or garbage when there
 /// is no previous copy), and returns the result, encoding and payload size.

@@ -1,4 +1,5 @@
 import KVM
+import TestGuests
 import Testing
 @testable import Understudy
 

@@ -1,5 +1,6 @@
 import Foundation
 import Synchronization
+import TestGuests
 import Testing
 @testable import Understudy
 

@@ -307,10 +307,10 @@ public final class ReplicationPrimary: @unchecked Sendable {
         } else {
             // Orderly stop: deliver what was captured, wait (bounded) for its acknowledgement.
             do { try engine.stop() } catch { logger.debug("engine stopped: \(error)") }
-            let last = engine.statistics.last?.sequence
+            let last = sentThrough.withLock { $0 }
+            let allAcknowledged = { last.map { last in self.state.withLock { $0.acked }.map { $0 >= last } ?? false } ?? true }
             let deadline = ContinuousClock.now + configuration.heartbeatTimeout
-            while let last, ContinuousClock.now < deadline, lost.withLock({ $0 }) == nil,
-                  (state.withLock { $0.acked } ?? .max) < last || state.withLock({ $0.acked }) == nil {
+            while !allAcknowledged() && ContinuousClock.now < deadline && lost.withLock({ $0 }) == nil {
                 Thread.sleep(forTimeInterval: 0.002)
             }
             heartbeats.stop()

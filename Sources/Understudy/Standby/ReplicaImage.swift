@@ -11,9 +11,9 @@ public final class ReplicaImage: @unchecked Sendable {
     public let memory: SharedMemory
     /// The committed machine state (empty before the first checkpoint).
     public private(set) var state: [UInt8] = []
-    /// The external output of the committed checkpoint's epoch (`OutputRecord`
-    /// bytes): what a standby taking over releases first.
-    public private(set) var output: [UInt8] = []
+    /// The external output of the committed checkpoint's epoch, as decoded
+    /// (and so verified) before the commit.
+    public private(set) var output: [OutputRecord] = []
     /// The standby's disk image, if the guest has a disk: each checkpoint's block
     /// writes are applied to it when, and only when, the checkpoint commits.
     public var disk: ReplicaDisk?
@@ -69,7 +69,8 @@ public final class ReplicaImage: @unchecked Sendable {
         } else {
             guard checkpoint.isFull else { throw .firstMustBeFull }
         }
-        do { _ = try OutputRecord.decode(checkpoint.output) } catch { throw .badOutput(error.description) }
+        let outputRecords: [OutputRecord]
+        do { outputRecords = try OutputRecord.decode(checkpoint.output) } catch { throw .badOutput(error.description) }
         var diskItems: [DiskRecord.Item] = []
         if !checkpoint.disk.isEmpty {
             guard let disk else { throw .badDisk("block writes for a standby without a disk") }
@@ -102,7 +103,7 @@ public final class ReplicaImage: @unchecked Sendable {
             (memory.base + page * pageSize).copyMemory(from: staging + index * pageSize, byteCount: pageSize)
         }
         state = checkpoint.state
-        output = checkpoint.output
+        output = outputRecords
         committedSequence = checkpoint.sequence
     }
 

@@ -66,7 +66,7 @@ public final class StandbyReceiver: @unchecked Sendable {
     /// The output of committed epochs the primary may not have released (those
     /// after the newest `releasedThrough` mark), oldest first: what a standby
     /// taking over releases, so nothing acknowledged to the guest is lost.
-    public private(set) var unreleasedOutput: [(sequence: UInt64, output: [UInt8])] = []
+    public private(set) var unreleasedOutput: [(sequence: UInt64, output: [OutputRecord])] = []
     /// The longest wait for a frame from the primary in the current session,
     /// after its first commit (what the heartbeat timeout must stay above).
     public private(set) var longestSilence: Duration = .zero
@@ -233,9 +233,9 @@ public final class StandbyReceiver: @unchecked Sendable {
                 }
                 try replica.apply(checkpoint)
                 lastCommit = .now
-                unreleasedOutput.append((checkpoint.sequence, checkpoint.output))
+                unreleasedOutput.append((checkpoint.sequence, replica.output))
                 if releasedThrough != .max { unreleasedOutput.removeAll { $0.sequence <= releasedThrough } }
-                learnAddresses(checkpoint.output)
+                learnAddresses(replica.output)
                 try link.send(Frame(.ack, sequence: checkpoint.sequence))
                 if checkpoint.isFull {
                     logger.info("full image committed; the guest is protected", metadata: [
@@ -285,8 +285,8 @@ public final class StandbyReceiver: @unchecked Sendable {
     /// Bytes of the initial disk copy received in this session.
     public private(set) var diskBytesReceived = 0
 
-    private func learnAddresses(_ output: [UInt8]) {
-        guard let mac = hello?.mac, !output.isEmpty, let records = try? OutputRecord.decode(output) else { return }
+    private func learnAddresses(_ records: [OutputRecord]) {
+        guard let mac = hello?.mac else { return }
         for record in records where record.kind == .network {
             if let address = Announcement.senderAddress(of: record.bytes, mac: mac), address != [0, 0, 0, 0],
                !guestAddresses.contains(address) {

@@ -12,7 +12,7 @@ import Testing
 struct BusyDeviceSaveRestoreTests {
     /// Starts `understudy-primary --restore` on `snapshot` with the given host devices.
     static func resume(snapshot: String, tap: String, disk: String?, console: ConsoleBuffer) throws -> Process {
-        let executable = try #require(SaveRestoreTests.primaryExecutable())
+        let executable = try #require(ChildProcess.executable("understudy-primary"))
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = ["--unprotected", "--restore", snapshot, "--tap", tap] + (disk.map { ["--disk", $0] } ?? [])
