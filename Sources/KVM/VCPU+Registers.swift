@@ -13,6 +13,7 @@ extension VCPU {
 
     /// Wraps KVM_SET_REGS.
     public func setRegisters(_ registers: kvm_regs) throws(KVMError) {
+        stateWillChange()
         var value = registers
         try ioctl.call("KVM_SET_REGS", CKVM_SET_REGS, &value)
     }
@@ -26,6 +27,7 @@ extension VCPU {
 
     /// Wraps KVM_SET_SREGS.
     public func setSpecialRegisters(_ registers: kvm_sregs) throws(KVMError) {
+        stateWillChange()
         var value = registers
         try ioctl.call("KVM_SET_SREGS", CKVM_SET_SREGS, &value)
     }
@@ -61,6 +63,7 @@ extension VCPU {
     /// Wraps KVM_SET_XSAVE. `area` may be shorter than this host's area (zero-filled)
     /// but not longer.
     public func setXSave(_ area: [UInt8]) throws(KVMError) {
+        stateWillChange()
         let size = try xsaveSize()
         guard area.count <= size else {
             throw .invalidArgument("XSAVE area of \(area.count) bytes exceeds this host's \(size)")
@@ -81,6 +84,7 @@ extension VCPU {
 
     /// Wraps KVM_SET_XCRS.
     public func setXCRS(_ xcrs: kvm_xcrs) throws(KVMError) {
+        stateWillChange()
         var value = xcrs
         try ioctl.call("KVM_SET_XCRS", CKVM_SET_XCRS, &value)
     }
@@ -94,6 +98,7 @@ extension VCPU {
 
     /// Wraps KVM_SET_LAPIC.
     public func setLAPIC(_ state: kvm_lapic_state) throws(KVMError) {
+        stateWillChange()
         var value = state
         try ioctl.call("KVM_SET_LAPIC", CKVM_SET_LAPIC, &value)
     }
@@ -113,6 +118,7 @@ extension VCPU {
     /// Wraps KVM_SET_MSRS. Returns how many were set: KVM stops at the first it refuses.
     @discardableResult
     public func setMSRs(_ msrs: [MSR]) throws(KVMError) -> Int {
+        stateWillChange()
         guard !msrs.isEmpty else { return 0 }
         guard let raw = ckvm_msrs_alloc(UInt32(msrs.count)) else { throw .systemCall(name: "calloc", errno: ENOMEM) }
         defer { free(raw) }
@@ -133,6 +139,7 @@ extension VCPU {
 
     /// Wraps KVM_SET_VCPU_EVENTS.
     public func setEvents(_ events: kvm_vcpu_events) throws(KVMError) {
+        stateWillChange()
         var value = events
         try ioctl.call("KVM_SET_VCPU_EVENTS", CKVM_SET_VCPU_EVENTS, &value)
     }
@@ -146,6 +153,7 @@ extension VCPU {
 
     /// Wraps KVM_SET_MP_STATE.
     public func setMPState(_ state: kvm_mp_state) throws(KVMError) {
+        stateWillChange()
         var value = state
         try ioctl.call("KVM_SET_MP_STATE", CKVM_SET_MP_STATE, &value)
     }
@@ -159,12 +167,14 @@ extension VCPU {
 
     /// Wraps KVM_SET_DEBUGREGS.
     public func setDebugRegisters(_ registers: kvm_debugregs) throws(KVMError) {
+        stateWillChange()
         var value = registers
         try ioctl.call("KVM_SET_DEBUGREGS", CKVM_SET_DEBUGREGS, &value)
     }
 
     /// Wraps KVM_SET_CPUID2: what CPUID reports to the guest. Set before the first run.
     public func setCPUID(_ cpuid: CPUID) throws(KVMError) {
+        stateWillChange()
         try cpuid.withRaw { (raw) throws(KVMError) in
             try ioctl.call("KVM_SET_CPUID2", CKVM_SET_CPUID2, pointer: raw)
         }

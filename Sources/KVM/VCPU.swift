@@ -28,6 +28,11 @@ public final class VCPU: @unchecked Sendable {
     let givenCPUID = Mutex<CPUID?>(nil)
     /// pthread_t of the thread inside `run()`, or 0.
     private let runningThread = Atomic<UInt>(0)
+    /// The KVM_SYNC_X86_* classes KVM copies into `kvm_run` on every exit (0: none).
+    let syncedClasses = Atomic<UInt64>(0)
+    /// Whether that copy is the vCPU's current state: set when `run()` returns,
+    /// cleared by every setter (the copy is only refreshed on the next exit).
+    let syncedCopyCurrent = Atomic<Bool>(false)
 
     /// The signal `requestExit()` sends to a vCPU thread.
     public static let kickSignal: Int32 = ckvm_kick_signal()
@@ -87,9 +92,14 @@ public final class VCPU: @unchecked Sendable {
         let error = ckvm_errno()
         runningThread.store(0, ordering: .sequentiallyConsistent)
         if result < 0 {
-            if error == EINTR || error == EAGAIN { return .interrupted }
+            if error == EINTR || error == EAGAIN {
+                syncedCopyCurrent.store(true, ordering: .releasing)
+                return .interrupted
+            }
+            syncedCopyCurrent.store(false, ordering: .releasing)
             throw .ioctl(name: "KVM_RUN", errno: error)
         }
+        syncedCopyCurrent.store(true, ordering: .releasing)
         return decodeExit()
     }
 

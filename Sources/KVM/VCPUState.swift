@@ -29,11 +29,21 @@ extension VCPU {
     /// Captures the full state. The vCPU must not be inside `run()`.
     ///
     /// MP state is read first (it settles pending LAPIC events), then the registers.
+    /// With synced registers enabled (`enableSyncedRegisters`), registers, special
+    /// registers and events come from the copy KVM made at the last exit, saving
+    /// three ioctls, when that copy is current and the vCPU is runnable. (Reading
+    /// MP state can accept a pending INIT or SIPI, which changes registers without
+    /// an exit; an application processor is then not runnable and the ioctls are
+    /// used. Only an INIT sent to the boot vCPU by another vCPU in the instant
+    /// between their two exits would be missed; guests send that only to reset.)
     public func captureState() throws(KVMError) -> VCPUState {
         let mp = try mpState()
-        let regs = try registers()
-        let sregs = try specialRegisters()
-        let events = try self.events()
+        let regs: kvm_regs, sregs: kvm_sregs, events: kvm_vcpu_events
+        if mp.mp_state == UInt32(KVM_MP_STATE_RUNNABLE), let synced = syncedCopy(of: .all) {
+            (regs, sregs, events) = (synced.regs, synced.sregs, synced.events)
+        } else {
+            (regs, sregs, events) = (try registers(), try specialRegisters(), try self.events())
+        }
         let xsave = try self.xsave()
         let xcrs = try self.xcrs()
         let lapic = vm.hasIRQChip ? try self.lapic() : nil

@@ -5,7 +5,7 @@ import Understudy
 extension Machine: ReplicatedMachine {
     public var guestMemoryBase: UnsafeMutableRawPointer { memory.base }
     public var guestMemorySize: Int { memory.size }
-    public func pauseForCheckpoint() throws { try pause() }
+    public func pauseForCheckpoint() throws { try pause(capturingVCPUState: true) }
     public func resumeAfterCheckpoint() throws { try resume() }
     public func saveCheckpointState() throws -> [UInt8] { try saveState() }
     public func captureCheckpointState() throws -> @Sendable () -> [UInt8] { try captureState() }

@@ -40,7 +40,13 @@ extension Machine {
                 }
                 parked += 1
                 condition.broadcast()
-                while pauseRequested && !stopping { condition.wait() }
+                while pauseRequested && !stopping {
+                    if captureRequested && parked == threadsAlive && parkedStates[index] == nil {
+                        captureOwnState(vcpu, index: index)
+                    } else {
+                        condition.wait()
+                    }
+                }
                 parked -= 1
                 condition.unlock()
                 continue
@@ -55,6 +61,21 @@ extension Machine {
                 return
             }
             guard handle(exit, vcpu: vcpu, index: index, exitInFlight: &exitInFlight) else { return }
+        }
+    }
+
+    /// Reads `vcpu`'s state for `pause(capturingVCPUState:)`, outside the lock,
+    /// once every vCPU is out of KVM_RUN. Called and returns with the lock held.
+    /// A read that outlived its pause (resumed and paused again meanwhile, when
+    /// other vCPUs may have changed this one's LAPIC) is discarded.
+    private func captureOwnState(_ vcpu: VCPU, index: Int) {
+        let generation = pauseGeneration
+        condition.unlock()
+        let result = Result { () throws(KVMError) in try vcpu.captureState() }
+        condition.lock()
+        if generation == pauseGeneration && captureRequested {
+            parkedStates[index] = result
+            condition.broadcast()
         }
     }
 

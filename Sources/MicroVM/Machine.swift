@@ -52,6 +52,12 @@ public final class Machine: @unchecked Sendable {
     var stopping = false
     var parked = 0
     var threadsAlive = 0
+    /// Set by `pause(capturingVCPUState: true)`: every vCPU thread, once all are
+    /// parked, reads its own vCPU's state into `parkedStates` (see `captureState`).
+    var captureRequested = false
+    var parkedStates: [Result<VCPUState, KVMError>?] = []
+    /// Counts pauses, so a capture that outlived its pause is discarded.
+    var pauseGeneration: UInt64 = 0
     var reason: StopReason?
     var threads: [pthread_t] = []
 
@@ -115,6 +121,10 @@ public final class Machine: @unchecked Sendable {
             for slot in slots { try vm.setUserMemoryRegion(slot) }
             var vcpus: [VCPU] = []
             for index in 0..<configuration.vcpuCount { vcpus.append(try vm.createVCPU(id: UInt32(index))) }
+            if configuration.dirtyTracking != .none {
+                // A machine that is checkpointed reads registers from kvm_run where the host offers it.
+                for vcpu in vcpus { try vcpu.enableSyncedRegisters() }
+            }
             self.vcpus = vcpus
             slotBitmaps = slots.map { DirtyBitmap(pageCount: $0.pageCount) }
         } catch {
@@ -250,13 +260,21 @@ public final class Machine: @unchecked Sendable {
 
     /// Stops every vCPU out of KVM_RUN and parks it (any MMIO or I/O in flight is
     /// completed first, so devices are quiescent). Returns how long that took.
+    ///
+    /// With `capturingVCPUState`, each vCPU thread then reads its own vCPU's state
+    /// (once every vCPU is out of KVM_RUN), while the caller goes on, e.g. with
+    /// the dirty log; `captureState()` collects those reads. A checkpoint's pause
+    /// thus overlaps the vCPU ioctls with the harvest and copy.
     @discardableResult
-    public func pause() throws(MachineError) -> Duration {
+    public func pause(capturingVCPUState: Bool = false) throws(MachineError) -> Duration {
         let clock = ContinuousClock()
         let started = clock.now
         condition.lock()
         defer { condition.unlock() }
         guard phase == .running else { throw .wrongState("pause: the machine is not running (\(phase))") }
+        pauseGeneration &+= 1
+        captureRequested = capturingVCPUState
+        parkedStates = Array(repeating: nil, count: vcpus.count)
         pauseRequested = true
         for vcpu in vcpus { vcpu.requestExit() }
         condition.broadcast()
@@ -275,6 +293,7 @@ public final class Machine: @unchecked Sendable {
         defer { condition.unlock() }
         guard phase == .paused else { throw .wrongState("resume: the machine is not paused (\(phase))") }
         pauseRequested = false
+        captureRequested = false
         for device in devices { device.setQuiesced(false) }
         for vcpu in vcpus { vcpu.clearExitRequest() }
         phase = .running

@@ -130,8 +130,12 @@ extension Machine {
             throw .wrongState("saveState: pause the machine first (it is \(phase))")
         }
         do {
-            let vcpuStates = try vcpus.map { (vcpu) throws(KVMError) in try vcpu.captureState() }
             let vmState = try vm.captureState()
+            let parked = takeParkedStates()
+            let vcpuStates = try vcpus.indices.map { (index) throws(KVMError) in
+                if let read = parked[index] { return try read.get() }
+                return try vcpus[index].captureState()
+            }
             var deviceStates: [String: [UInt8]] = [:]
             for device in devices { deviceStates[device.name] = device.saveState() }
             let configuration = configuration
@@ -144,6 +148,18 @@ extension Machine {
         } catch {
             throw .kvm(error)
         }
+    }
+
+    /// The vCPU states the vCPU threads read for `pause(capturingVCPUState: true)`,
+    /// waited for (nil where none is coming: no such request, or the machine is
+    /// stopping). Taken once per pause: a second `captureState()` reads afresh.
+    private func takeParkedStates() -> [Result<VCPUState, KVMError>?] {
+        condition.lock()
+        defer { condition.unlock() }
+        guard captureRequested else { return Array(repeating: nil, count: vcpus.count) }
+        while !stopping && parkedStates.contains(where: { $0 == nil }) { condition.wait() }
+        captureRequested = false
+        return parkedStates
     }
 
     /// Writes decoded state into this freshly built machine. Each part is decoded

@@ -23,18 +23,22 @@ struct SaveRestoreTests {
     }
 
     /// Pause at a random point, save state and memory, destroy the machine, build a
-    /// new one from the bytes, resume: the output continues exactly. 20 points.
+    /// new one from the bytes, resume: the output continues exactly. 20 points; in
+    /// the second half the machine is paused as for a checkpoint (dirty tracking on,
+    /// registers synced through kvm_run, each vCPU thread reading its own state).
     @Test func randomPointsContinueExactly() throws {
         var generator = SystemRandomNumberGenerator()
         for round in 0..<20 {
             let cpus = round % 2 + 1
+            let asCheckpoint = round >= 10
             let console = ConsoleBuffer()
             var original: Machine? = try Machine(
-                configuration: .init(vcpuCount: cpus, memorySize: 64 << 20, commandLine: Self.options),
+                configuration: .init(vcpuCount: cpus, memorySize: 64 << 20, commandLine: Self.options,
+                                     dirtyTracking: asCheckpoint ? .bitmap : .none),
                 console: console.sink)
             try original!.start()
             usleep(UInt32.random(in: 1_000...40_000, using: &generator))
-            try original!.pause()
+            try original!.pause(capturingVCPUState: asCheckpoint)
             let state = try original!.saveState()
             let memory = Array(original!.memory.bytes)
             let before = (0..<cpus).map { console.lines(cpu: $0) }

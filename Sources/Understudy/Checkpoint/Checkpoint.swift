@@ -57,4 +57,6 @@ public struct EpochStatistics: Sendable, Equatable {
     public var encodeTime: Duration
     /// Whether the epoch was stretched because encoding of the previous one had not finished.
     public var stretched: Bool
+    /// The pause, step by step.
+    public var breakdown = PauseBreakdown()
 }

@@ -74,7 +74,7 @@ public final class CheckpointEngine: @unchecked Sendable {
     private let stopping = Atomic<Bool>(false)
     private let epochDone = Atomic<Bool>(false)
     private let stats = Mutex<[EpochStatistics]>([])
-    private let pending = Mutex<[UInt64: (Duration, Int, Bool)]>([:])
+    private let pending = Mutex<[UInt64: (Duration, Int, Bool, PauseBreakdown)]>([:])
     private var threads: [Thread] = []
     private let finished = DispatchSemaphore(value: 0)
     private let failure = Mutex<(any Error)?>(nil)
@@ -93,18 +93,36 @@ public final class CheckpointEngine: @unchecked Sendable {
     // MARK: one step at a time (tests, tools)
 
     /// With the machine paused: harvests the dirty set (everything, for the first
-    /// checkpoint), copies those pages and the state into `staged`.
-    public func captureWhilePaused(into staged: StagedCheckpoint) throws {
+    /// checkpoint), copies those pages, then the state, into `staged`. Returns
+    /// the time each step took (`stop` and `resume` are the caller's).
+    ///
+    /// The pages are copied before the state is read: a machine whose
+    /// `pauseForCheckpoint()` started reading vCPU state on other threads has
+    /// had the harvest and copy to finish it.
+    @discardableResult
+    public func captureWhilePaused(into staged: StagedCheckpoint) throws -> PauseBreakdown {
+        let clock = ContinuousClock()
+        var breakdown = PauseBreakdown()
+        var mark = clock.now
+        func lap() -> Duration {
+            let now = clock.now
+            defer { mark = now }
+            return now - mark
+        }
         dirty.removeAll()
         try machine.collectDirtyPages(into: dirty)
         let isFull = nextSequence == 0
         if isFull { for i in 0..<dirty.pageCount { dirty[i] = true } }
+        breakdown.harvest = lap()
+        staged.fill(sequence: nextSequence, isFull: isFull, dirty: dirty, memory: machine.guestMemoryBase)
+        breakdown.copy = lap()
         let state = try machine.captureCheckpointState()
         let output = outputBuffer?.closeEpoch(nextSequence) ?? []
         let disk = try diskLog?.closeEpoch(nextSequence) ?? []
-        staged.fill(sequence: nextSequence, isFull: isFull, dirty: dirty, memory: machine.guestMemoryBase, state: state,
-                    output: output, disk: disk)
+        staged.attach(state: state, output: output, disk: disk)
+        breakdown.state = lap()
         nextSequence += 1
+        return breakdown
     }
 
     /// Encodes a staged checkpoint (on the caller's thread).
@@ -155,10 +173,15 @@ public final class CheckpointEngine: @unchecked Sendable {
             }
             let staged = buffers[turn]
             let started = clock.now
+            var breakdown: PauseBreakdown
             do {
                 try machine.pauseForCheckpoint()
-                try captureWhilePaused(into: staged)
+                let stopped = clock.now
+                breakdown = try captureWhilePaused(into: staged)
+                breakdown.stop = stopped - started
+                let resuming = clock.now
                 try machine.resumeAfterCheckpoint()
+                breakdown.resume = clock.now - resuming
             } catch {
                 failure.withLock { if $0 == nil { $0 = error } }
                 try? machine.resumeAfterCheckpoint()        // never leave the guest paused
@@ -168,7 +191,7 @@ public final class CheckpointEngine: @unchecked Sendable {
                 break
             }
             let pause = clock.now - started
-            pending.withLock { $0[staged.sequence] = (pause, staged.count, stretched) }
+            pending.withLock { $0[staged.sequence] = (pause, staged.count, stretched, breakdown) }
             queue.withLock { $0.append(turn) }
             ready.signal()
             turn = 1 - turn
@@ -188,11 +211,13 @@ public final class CheckpointEngine: @unchecked Sendable {
                 let checkpoint = encoder.encode(staged)
                 let encodeTime = clock.now - started
                 sink?(checkpoint)
-                let (pause, pages, stretched) = pending.withLock { $0.removeValue(forKey: staged.sequence) } ?? (.zero, staged.count, false)
+                let (pause, pages, stretched, breakdown) = pending.withLock { $0.removeValue(forKey: staged.sequence) }
+                    ?? (.zero, staged.count, false, PauseBreakdown())
                 stats.withLock {
                     $0.append(EpochStatistics(sequence: checkpoint.sequence, pause: pause, dirtyPages: pages,
                                               rawBytes: pages * pageSize + staged.state.count + staged.disk.count,
-                                              encodedBytes: checkpoint.encodedSize, encodeTime: encodeTime, stretched: stretched))
+                                              encodedBytes: checkpoint.encodedSize, encodeTime: encodeTime, stretched: stretched,
+                                              breakdown: breakdown))
                     if $0.count > 100_000 { $0.removeFirst($0.count - 100_000) }
                 }
                 free.signal()

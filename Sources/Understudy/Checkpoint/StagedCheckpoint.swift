@@ -39,14 +39,15 @@ public final class StagedCheckpoint: @unchecked Sendable {
     /// The copied contents of the `index`-th staged page.
     public func contents(_ index: Int) -> UnsafeRawPointer { UnsafeRawPointer(buffer + index * pageSize) }
 
-    /// `fill` with state bytes already encoded.
+    /// `fill` and `attach` in one, with state bytes already encoded.
     func fill(sequence: UInt64, isFull: Bool, dirty: DirtyBitmap, memory: UnsafeRawPointer, state: [UInt8],
               output: [UInt8] = [], disk: [UInt8] = []) {
-        fill(sequence: sequence, isFull: isFull, dirty: dirty, memory: memory, state: { state }, output: output, disk: disk)
+        fill(sequence: sequence, isFull: isFull, dirty: dirty, memory: memory)
+        attach(state: { state }, output: output, disk: disk)
     }
 
-    /// Copies the pages marked in `dirty` out of `memory` and records `state`.
-    func fill(sequence: UInt64, isFull: Bool, dirty: DirtyBitmap, memory: UnsafeRawPointer, state: @escaping @Sendable () -> [UInt8], output: [UInt8] = [], disk: [UInt8] = []) {
+    /// Copies the pages marked in `dirty` out of `memory`; `attach` adds the rest.
+    func fill(sequence: UInt64, isFull: Bool, dirty: DirtyBitmap, memory: UnsafeRawPointer) {
         self.sequence = sequence
         self.isFull = isFull
         pageNumbers.removeAll(keepingCapacity: true)
@@ -62,6 +63,10 @@ public final class StagedCheckpoint: @unchecked Sendable {
             pageNumbers.append(UInt32(page))
             index += 1
         }
+    }
+
+    /// Records the machine state (encoded when first read), the epoch's output and its block writes.
+    func attach(state: @escaping @Sendable () -> [UInt8], output: [UInt8], disk: [UInt8]) {
         pendingState = state
         encodedState = []
         self.output = output
