@@ -1,5 +1,6 @@
 import Benchmark
 import Foundation
+import Synchronization
 import KVM
 import MicroVM
 import Understudy
@@ -16,7 +17,9 @@ let benchmarks: @Sendable () -> Void = {
         return
     }
     pauseBenchmarks()
+    loopBenchmarks()
     throughputBenchmarks()
+    steadyThroughputBenchmarks()
 }
 
 // MARK: codec
@@ -138,21 +141,93 @@ func pauseBenchmarks() {
         for wss in [0, 64, 1024, 16384] {
             let rig = EngineRig()
             let name = tracking == .bitmap ? "bitmap" : "ring"
+            var steps: [PauseBreakdown] = []
             Benchmark("Checkpoint pause (pause, harvest, copy, state, resume), \(name), ~\(wss) dirty pages, 256 MiB guest",
                       configuration: .init(metrics: [.wallClock], timeUnits: .microseconds, warmupIterations: 5,
                                            maxDuration: .seconds(4), maxIterations: 400)) { benchmark in
                 guard let machine = rig.machine, let engine = rig.engine else { return }
                 usleep(wss > 4096 ? 30_000 : 5_000)          // let the guest dirty its working set
+                let clock = ContinuousClock()
                 benchmark.startMeasurement()
-                try machine.pause()
-                try engine.captureWhilePaused(into: rig.staged)
-                try machine.resume()
+                let started = clock.now
+                try machine.pauseForCheckpoint()
+                let stopped = clock.now
+                var step = try engine.captureWhilePaused(into: rig.staged)
+                let resuming = clock.now
+                try machine.resumeAfterCheckpoint()
+                step.resume = clock.now - resuming
                 benchmark.stopMeasurement()
+                try machine.completeCheckpoint()
+                step.stop = stopped - started
+                steps.append(step)
                 blackHole(engine.encode(rig.staged))
             } setup: {
+                steps = []
                 try rig.start(wss: wss, tracking: tracking)
             } teardown: {
                 rig.stop()
+                print("pause steps, \(name), ~\(wss) dirty pages: \(PauseSteps(steps).medians)")
+            }
+        }
+    }
+}
+
+/// Medians of each pause step, for the benchmark log.
+struct PauseSteps {
+    let steps: [PauseBreakdown]
+    init(_ steps: [PauseBreakdown]) { self.steps = steps }
+
+    static func micros(_ values: [Duration], _ quantile: Double) -> Int {
+        guard !values.isEmpty else { return 0 }
+        let sorted = values.sorted()
+        let d = sorted[min(sorted.count - 1, Int(Double(sorted.count - 1) * quantile))].components
+        return Int(d.seconds) * 1_000_000 + Int(d.attoseconds / 1_000_000_000_000)
+    }
+
+    var medians: String {
+        let parts: [(String, KeyPath<PauseBreakdown, Duration>)] = [("stop", \.stop), ("harvest", \.harvest), ("copy", \.copy),
+                                                                     ("state", \.state), ("resume", \.resume)]
+        return parts.map { name, path in "\(name) \(Self.micros(steps.map { $0[keyPath: path] }, 0.5)) µs" }.joined(separator: ", ")
+            + " (medians of \(steps.count))"
+    }
+}
+
+// MARK: the loop
+
+/// The engine's own loop at 0.5 and 1 ms for a guest dirtying ~64 pages an
+/// epoch: checkpoints per second achieved, the pause and its steps. The
+/// checkpoints are encoded and dropped (the standby is another host).
+func loopBenchmarks() {
+    for tracking in [MachineConfiguration.DirtyTracking.bitmap, .ring(entries: 65536)] {
+        for epochMicroseconds in [500, 1000] {
+            let name = tracking == .bitmap ? "bitmap" : "ring"
+            var reports: [String] = []
+            Benchmark("Checkpoint loop, \(name), epoch \(epochMicroseconds) µs, ~64 dirty pages, 3 s",
+                      configuration: .init(metrics: [.wallClock], timeUnits: .milliseconds, warmupIterations: 0,
+                                           maxDuration: .seconds(10), maxIterations: 2)) { benchmark in
+                let machine = try Machine(configuration: .init(memorySize: 256 << 20, commandLine: "pages=8 wss=64 every=100000000",
+                                                               dirtyTracking: tracking), console: { _ in })
+                let engine = CheckpointEngine(machine: machine, configuration: .init(epoch: .microseconds(epochMicroseconds)))
+                try machine.start()
+                try engine.start()
+                usleep(500_000)                               // past the full first checkpoint
+                let skip = engine.statistics.count
+                let steal = StealMeter()
+                usleep(3_000_000)
+                let all = engine.statistics
+                try engine.stop()
+                machine.requestStop()
+                _ = machine.waitUntilStopped()
+                let window = Array(all.dropFirst(skip))
+                let pauses = window.map(\.pause)
+                reports.append("loop \(name) \(epochMicroseconds) µs (host steal \(steal.percent) %): \(window.count / 3) checkpoints/s, dirty pages p50 \(window.map(\.dirtyPages).sorted()[window.count / 2]), "
+                      + "pause p50 \(PauseSteps.micros(pauses, 0.5)) µs p99 \(PauseSteps.micros(pauses, 0.99)) µs max \(PauseSteps.micros(pauses, 1)) µs, "
+                      + "stretched \(window.filter(\.stretched).count), encode p50 \(PauseSteps.micros(window.map(\.encodeTime), 0.5)) µs; "
+                      + "steps: \(PauseSteps(window.map(\.breakdown)).medians)")
+                blackHole(benchmark)
+            } teardown: {
+                reports.forEach { print($0) }
+                reports = []
             }
         }
     }
@@ -184,5 +259,62 @@ func throughputBenchmarks() {
                 blackHole(reason)
             }
         }
+    }
+}
+
+/// The guest's steady-state speed (workload lines per second, i.e. iterations,
+/// counted between 1 s and 4 s after start, past the full first checkpoint)
+/// with checkpointing every 1, 5, 10 and 25 ms against none, for a light writer.
+func steadyThroughputBenchmarks() {
+    let options = "pages=2 wss=16 every=100000"
+    var baseline: Double = 0
+    for epoch in [0, 1, 5, 10, 25] {
+        let label = epoch == 0 ? "no checkpointing" : "checkpoint every \(epoch) ms"
+        var reports: [String] = []
+        Benchmark("Guest steady throughput (light writer, 16 pages), \(label)",
+                  configuration: .init(metrics: [.wallClock], timeUnits: .milliseconds, warmupIterations: 0,
+                                       maxDuration: .seconds(20), maxIterations: 3)) { benchmark in
+            let lines = Atomic<Int>(0)
+            let machine = try Machine(configuration: .init(memorySize: 64 << 20, commandLine: options, dirtyTracking: .bitmap),
+                                      console: { bytes in lines.add(bytes.filter { $0 == 10 }.count, ordering: .relaxed) })
+            let engine = CheckpointEngine(machine: machine, configuration: .init(epoch: .milliseconds(max(epoch, 1))))
+            try machine.start()
+            if epoch > 0 { try engine.start() }
+            usleep(1_000_000)
+            let first = lines.load(ordering: .relaxed)
+            let steal = StealMeter()
+            usleep(3_000_000)
+            let rate = Double(lines.load(ordering: .relaxed) - first) / 3
+            if epoch > 0 { try? engine.stop() }
+            machine.requestStop()
+            _ = machine.waitUntilStopped()
+            if epoch == 0 { baseline = max(baseline, rate) }
+            reports.append(String(format: "steady throughput, %@ (host steal %d %%): %.1f lines/s (%.0f k iterations/s)%@", label, steal.percent, rate, rate * 100,
+                         epoch == 0 || baseline == 0 ? "" : String(format: ", %.1f %% below the best unprotected sample", 100 * (1 - rate / baseline))))
+            blackHole(benchmark)
+        } teardown: {
+            reports.forEach { print($0) }
+            reports = []
+        }
+    }
+}
+
+/// The share of CPU time the hypervisor took from this machine (steal, /proc/stat)
+/// since the meter was made, in percent: the noise under a measurement.
+struct StealMeter {
+    let start: (steal: Int, total: Int)
+    init() { start = Self.read() }
+
+    static func read() -> (steal: Int, total: Int) {
+        guard let text = try? String(contentsOfFile: "/proc/stat", encoding: .utf8),
+              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("cpu ") }) else { return (0, 0) }
+        let fields = line.split(separator: " ").dropFirst().compactMap { Int($0) }
+        return (fields.count > 7 ? fields[7] : 0, fields.reduce(0, +))
+    }
+
+    var percent: Int {
+        let now = Self.read()
+        let total = now.total - start.total
+        return total > 0 ? 100 * (now.steal - start.steal) / total : 0
     }
 }

@@ -6,10 +6,21 @@ extension Machine {
     /// configured) merged with the VMM's own writes into guest memory (received
     /// frames, block reads, used rings). Call while paused. KVM's log is re-armed
     /// for exactly the pages harvested.
+    ///
+    /// In a checkpoint's pause (`pause(capturingVCPUState: true)`) with bitmap
+    /// tracking, the re-arming (KVM_CLEAR_DIRTY_LOG, the costly part) is left to
+    /// `rearmDirtyLog()`, after the guest resumed. A page the guest writes before
+    /// its re-arming leaves no mark in KVM's log, so the next harvest includes
+    /// every page re-armed that way: never fewer pages than were written, and no
+    /// more for a guest that keeps writing the same pages. Without the call the
+    /// log stays armed as it was, and the next harvest reports those pages again.
     public func collectDirtyPages(into bitmap: DirtyBitmap) throws(MachineError) {
         guard bitmap.pageCount == memory.size / 4096 else {
             throw .invalidConfiguration("dirty bitmap covers \(bitmap.pageCount) pages, RAM has \(memory.size / 4096)")
         }
+        condition.lock()
+        let deferRearm = pausedForCheckpoint && phase == .paused
+        condition.unlock()
         do {
             switch configuration.dirtyTracking {
             case .none:
@@ -17,13 +28,17 @@ extension Machine {
             case .bitmap:
                 for slot in slots {
                     let log = slotBitmaps[Int(slot.slot)]
+                    let firstPage = Int(slot.guestPhysicalAddress / 4096)
                     try vm.dirtyLog(slot: slot.slot, into: log)
+                    if rearmedPending { bitmap.formUnion(rearmedBitmaps[Int(slot.slot)], atPage: firstPage) }
                     // Slots start on 2 MiB boundaries, so the merge is word by word; an
                     // empty log needs no KVM_CLEAR_DIRTY_LOG.
-                    if bitmap.formUnion(log, atPage: Int(slot.guestPhysicalAddress / 4096)) {
+                    if bitmap.formUnion(log, atPage: firstPage) && !deferRearm {
                         try vm.clearDirtyLog(slot: slot.slot, bitmap: log)
                     }
                 }
+                rearmedPending = false
+                rearmPending = deferRearm
             case .ring:
                 for vcpu in vcpus {
                     try vcpu.harvestDirtyRing { slotID, offset in
@@ -42,5 +57,31 @@ extension Machine {
             throw .invalidConfiguration("\(error)")
         }
         guestMemory.takeDirtyPages(into: bitmap)
+    }
+}
+
+extension Machine {
+    /// Re-arms KVM's dirty log for the pages the last checkpoint harvest left
+    /// armed (see `collectDirtyPages`), with the guest running. Call from the
+    /// thread that harvests, after `resume()` and before the next harvest.
+    /// Does nothing when no harvest left work.
+    public func rearmDirtyLog() throws(MachineError) {
+        guard rearmPending else { return }
+        rearmPending = false
+        do {
+            for slot in slots {
+                let log = slotBitmaps[Int(slot.slot)]
+                let rearmed = rearmedBitmaps[Int(slot.slot)]
+                var any: UInt64 = 0
+                for i in 0..<log.wordCount {
+                    rearmed.words[i] = log.words[i]
+                    any |= log.words[i]
+                }
+                if any != 0 { try vm.clearDirtyLog(slot: slot.slot, bitmap: log) }
+            }
+        } catch {
+            throw .kvm(error)
+        }
+        rearmedPending = true
     }
 }

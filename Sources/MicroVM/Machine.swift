@@ -39,6 +39,14 @@ public final class Machine: @unchecked Sendable {
     let logger: Logger
     /// One reusable KVM dirty bitmap per slot (bitmap tracking).
     let slotBitmaps: [DirtyBitmap]
+    /// Per slot, the pages re-armed after the guest resumed (`rearmDirtyLog()`):
+    /// the next harvest includes them, as a write that came before their re-arming
+    /// left no mark. Used by the epoch thread only.
+    let rearmedBitmaps: [DirtyBitmap]
+    /// A checkpoint harvest read KVM's log and left the re-arming to `rearmDirtyLog()`.
+    var rearmPending = false
+    /// `rearmedBitmaps` hold pages the next harvest must include.
+    var rearmedPending = false
 
     /// Called on a vCPU thread when its dirty ring is full; must harvest and reset
     /// the rings before returning. Without it a full ring stops the machine.
@@ -58,6 +66,9 @@ public final class Machine: @unchecked Sendable {
     var parkedStates: [Result<VCPUState, KVMError>?] = []
     /// Counts pauses, so a capture that outlived its pause is discarded.
     var pauseGeneration: UInt64 = 0
+    /// Whether the current pause is a checkpoint's (`pause(capturingVCPUState: true)`):
+    /// its harvest leaves re-arming KVM's dirty log to `rearmDirtyLog()`.
+    var pausedForCheckpoint = false
     var reason: StopReason?
     var threads: [pthread_t] = []
 
@@ -127,6 +138,7 @@ public final class Machine: @unchecked Sendable {
             }
             self.vcpus = vcpus
             slotBitmaps = slots.map { DirtyBitmap(pageCount: $0.pageCount) }
+            rearmedBitmaps = slots.map { DirtyBitmap(pageCount: $0.pageCount) }
         } catch {
             throw .kvm(error)
         }
@@ -274,6 +286,7 @@ public final class Machine: @unchecked Sendable {
         guard phase == .running else { throw .wrongState("pause: the machine is not running (\(phase))") }
         pauseGeneration &+= 1
         captureRequested = capturingVCPUState
+        pausedForCheckpoint = capturingVCPUState
         parkedStates = Array(repeating: nil, count: vcpus.count)
         pauseRequested = true
         for vcpu in vcpus { vcpu.requestExit() }

@@ -53,10 +53,11 @@ struct CheckpointEngineTests {
         var dirtyCounts: [Int] = []
         for epoch in 0..<epochs {
             usleep(1000)
-            try machine.pause()
+            try machine.pauseForCheckpoint()            // the engine loop's own sequence
             try engine.captureWhilePaused(into: staged)
             let digest = memoryDigest(machine)
-            try machine.resume()
+            try machine.resumeAfterCheckpoint()
+            try machine.completeCheckpoint()
             let checkpoint = engine.encode(staged)
             try replica.apply(checkpoint)
             #expect(replica.memoryDigest == digest, "epoch \(epoch): replica differs from the guest")
@@ -121,10 +122,11 @@ struct CheckpointEngineTests {
             var linesAtTarget: [String] = []
             for epoch in 0...target {
                 usleep(2000)
-                try machine.pause()
+                try machine.pauseForCheckpoint()
                 try engine.captureWhilePaused(into: staged)
                 if epoch == target { linesAtTarget = console.lines }
-                try machine.resume()
+                try machine.resumeAfterCheckpoint()
+                try machine.completeCheckpoint()
                 try replica.apply(engine.encode(staged))
             }
             machine.requestStop()

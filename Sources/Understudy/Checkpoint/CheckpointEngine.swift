@@ -174,6 +174,7 @@ public final class CheckpointEngine: @unchecked Sendable {
             let staged = buffers[turn]
             let started = clock.now
             var breakdown: PauseBreakdown
+            var resumed = started
             do {
                 try machine.pauseForCheckpoint()
                 let stopped = clock.now
@@ -181,7 +182,9 @@ public final class CheckpointEngine: @unchecked Sendable {
                 breakdown.stop = stopped - started
                 let resuming = clock.now
                 try machine.resumeAfterCheckpoint()
-                breakdown.resume = clock.now - resuming
+                resumed = clock.now
+                breakdown.resume = resumed - resuming
+                try machine.completeCheckpoint()
             } catch {
                 failure.withLock { if $0 == nil { $0 = error } }
                 try? machine.resumeAfterCheckpoint()        // never leave the guest paused
@@ -190,7 +193,7 @@ public final class CheckpointEngine: @unchecked Sendable {
                 failureHandler?(error)
                 break
             }
-            let pause = clock.now - started
+            let pause = resumed - started
             pending.withLock { $0[staged.sequence] = (pause, staged.count, stretched, breakdown) }
             queue.withLock { $0.append(turn) }
             ready.signal()

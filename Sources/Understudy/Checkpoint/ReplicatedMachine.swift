@@ -18,6 +18,10 @@ public protocol ReplicatedMachine: AnyObject, Sendable {
     func pauseForCheckpoint() throws
     /// Back to running.
     func resumeAfterCheckpoint() throws
+    /// What is left of the checkpoint once the guest runs again (e.g. re-arming
+    /// dirty tracking), off the pause. The engine calls it after every
+    /// `resumeAfterCheckpoint()`, before the next pause. The default does nothing.
+    func completeCheckpoint() throws
     /// Marks in `bitmap` (whole-RAM page numbers) every page written since the
     /// last call, by the guest (KVM's dirty log) or by the VMM itself. Paused only.
     func collectDirtyPages(into bitmap: DirtyBitmap) throws
@@ -35,6 +39,7 @@ public protocol ReplicatedMachine: AnyObject, Sendable {
 
 extension ReplicatedMachine {
     public var hasStopped: Bool { false }
+    public func completeCheckpoint() throws {}
     public func captureCheckpointState() throws -> @Sendable () -> [UInt8] {
         let bytes = try saveCheckpointState()
         return { bytes }
