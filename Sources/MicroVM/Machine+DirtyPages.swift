@@ -14,6 +14,9 @@ extension Machine {
     /// every page re-armed that way: never fewer pages than were written, and no
     /// more for a guest that keeps writing the same pages. Without the call the
     /// log stays armed as it was, and the next harvest reports those pages again.
+    /// A slot with more than `lateRearmLimit` dirty pages is re-armed in the pause
+    /// as before: there the re-arming is a small share of the pause, and measured
+    /// at 1,024 pages the late re-arming made the next copy slower (Performance.md).
     public func collectDirtyPages(into bitmap: DirtyBitmap) throws(MachineError) {
         guard bitmap.pageCount == memory.size / 4096 else {
             throw .invalidConfiguration("dirty bitmap covers \(bitmap.pageCount) pages, RAM has \(memory.size / 4096)")
@@ -33,8 +36,9 @@ extension Machine {
                     if rearmedPending { bitmap.formUnion(rearmedBitmaps[Int(slot.slot)], atPage: firstPage) }
                     // Slots start on 2 MiB boundaries, so the merge is word by word; an
                     // empty log needs no KVM_CLEAR_DIRTY_LOG.
-                    if bitmap.formUnion(log, atPage: firstPage) && !deferRearm {
+                    if bitmap.formUnion(log, atPage: firstPage) && !(deferRearm && log.count <= Self.lateRearmLimit) {
                         try vm.clearDirtyLog(slot: slot.slot, bitmap: log)
+                        if deferRearm { log.removeAll() }          // nothing left to re-arm late
                     }
                 }
                 rearmedPending = false
@@ -61,6 +65,9 @@ extension Machine {
 }
 
 extension Machine {
+    /// Slots with at most this many dirty pages are re-armed after the resume.
+    public static let lateRearmLimit = 256
+
     /// Re-arms KVM's dirty log for the pages the last checkpoint harvest left
     /// armed (see `collectDirtyPages`), with the guest running. Call from the
     /// thread that harvests, after `resume()` and before the next harvest.

@@ -52,15 +52,16 @@ struct DirtyCompletenessTests {
     /// every changed page is in the next set. (Without carrying the re-armed pages
     /// into the next harvest this fails within a few rounds.)
     @Test func lateRearmingLosesNoPage() throws {
+        // At most 2 × 100 pages per epoch: below `Machine.lateRearmLimit`, so every slot is re-armed late.
         let machine = try Machine(configuration: .init(vcpuCount: 2, memorySize: 32 << 20, maxSlotSize: 8 << 20,
-                                                       commandLine: "pages=8 wss=1500 every=50", dirtyTracking: .bitmap),
+                                                       commandLine: "pages=8 wss=100 every=50", dirtyTracking: .bitmap),
                                   console: { _ in })
         var previous = Array(machine.memory.bytes)
         let initial = DirtyBitmap(pageCount: machine.memory.size / 4096)
         try machine.collectDirtyPages(into: initial)
         try machine.start()
         var generator = SystemRandomNumberGenerator()
-        var totalChanged = 0, deferred = 0
+        var totalChanged = 0, deferred = 0, rearmedLate = 0
         for round in 0..<300 {
             usleep(UInt32.random(in: 200...2000, using: &generator))
             try machine.pause(capturingVCPUState: true)
@@ -70,10 +71,12 @@ struct DirtyCompletenessTests {
             try machine.resume()
             usleep(UInt32.random(in: 0...500, using: &generator))
             try machine.rearmDirtyLog()
+            if machine.rearmedBitmaps.contains(where: { $0.count > 0 }) { rearmedLate += 1 }
         }
         machine.requestStop()
         _ = machine.waitUntilStopped(timeout: .seconds(10))
         #expect(totalChanged > 1000, "the workload changed pages")
         #expect(deferred == 300, "every checkpoint harvest left the re-arming for later")
+        #expect(rearmedLate >= 150, "pages were re-armed after the resume in \(rearmedLate) of 300 rounds")
     }
 }
