@@ -91,6 +91,13 @@ struct CheckpointEngineTests {
         let stats = engine.statistics
         #expect(stats.count >= 20, "the loop ran")
         #expect(stats.map(\.sequence) == Array(0..<UInt64(stats.count)))
+        // Every pause is timed step by step, and the steps account for the pause.
+        for stat in stats {
+            let steps = stat.breakdown
+            #expect(steps.stop > .zero && steps.harvest > .zero && steps.copy > .zero && steps.state > .zero && steps.resume > .zero,
+                    "checkpoint \(stat.sequence): \(steps)")
+            #expect(steps.total <= stat.pause, "checkpoint \(stat.sequence)")
+        }
         try machine.pause()
         let staged = StagedCheckpoint()
         try engine.captureWhilePaused(into: staged)
