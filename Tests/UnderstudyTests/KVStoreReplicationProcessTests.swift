@@ -22,11 +22,11 @@ struct KVStoreReplicationProcessTests {
         let network = try TestNetwork()
         let primaryTap = try network.addTap()
         let standbyTap = try network.addTap()
-        let standby = try ChildProcess("understudy-standby", ["--listen", "127.0.0.1:0", "--tap", standbyTap, "--heartbeat-timeout", "400ms"])
+        let standby = try ChildProcess("understudy-standby", ["--listen", "127.0.0.1:0", "--tap", standbyTap, "--heartbeat-timeout", "2s"])
         let port = try #require(standby.listeningPort())
         let primary = try ChildProcess("understudy-primary", [
             "--standby", "127.0.0.1:\(port)", "--guest", image, "--cmdline", "ip=10.77.0.2 mask=255.255.255.0",
-            "--tap", primaryTap, "--memory", "64M", "--epoch", "5ms", "--heartbeat-timeout", "400ms"])
+            "--tap", primaryTap, "--memory", "64M", "--epoch", "5ms", "--heartbeat-timeout", "2s"])
         #expect(eventually(timeout: 60) { primary.standardError.text.contains("protected by the standby") && primary.standardOutput.text.contains("listening") },
                 "primary: \(primary.standardError.text)")
 

@@ -10,14 +10,14 @@ struct ReplicationProcessTests {
     static let cmdline = "pages=\(workload.pages) wss=\(workload.wss) every=\(workload.every)"
 
     static func standby(port: UInt16 = 0) throws -> (ChildProcess, UInt16) {
-        let standby = try ChildProcess("understudy-standby", ["--listen", "127.0.0.1:\(port)", "--heartbeat-timeout", "400ms"])
+        let standby = try ChildProcess("understudy-standby", ["--listen", "127.0.0.1:\(port)", "--heartbeat-timeout", "2s"])
         let bound = try #require(standby.listeningPort(), "the standby logs where it listens: \(standby.standardError.text)")
         return (standby, bound)
     }
 
     static func primary(port: UInt16, epoch: String = "5ms") throws -> ChildProcess {
         try ChildProcess("understudy-primary", ["--standby", "127.0.0.1:\(port)", "--memory", "32M", "--epoch", epoch,
-                                                "--heartbeat-timeout", "400ms", "--status-interval", "1s", "--cmdline", cmdline])
+                                                "--heartbeat-timeout", "2s", "--status-interval", "1s", "--cmdline", cmdline])
     }
 
     /// What the world saw (the primary's output, then the standby's) is exactly
@@ -144,11 +144,11 @@ struct DiskReplicationProcessTests {
         let primaryDisk = JournalImage.makeImage(megabytes: 64)
         let standbyDisk = JournalImage.makeImage(megabytes: 64)
         defer { try? FileManager.default.removeItem(atPath: primaryDisk); try? FileManager.default.removeItem(atPath: standbyDisk) }
-        let standby = try ChildProcess("understudy-standby", ["--listen", "127.0.0.1:0", "--disk", standbyDisk, "--heartbeat-timeout", "400ms"])
+        let standby = try ChildProcess("understudy-standby", ["--listen", "127.0.0.1:0", "--disk", standbyDisk, "--heartbeat-timeout", "2s"])
         let port = try #require(standby.listeningPort())
         let primary = try ChildProcess("understudy-primary", [
             "--standby", "127.0.0.1:\(port)", "--guest", image, "--disk", primaryDisk, "--memory", "32M",
-            "--cmdline", "flush_every=8", "--epoch", "5ms", "--heartbeat-timeout", "400ms"])
+            "--cmdline", "flush_every=8", "--epoch", "5ms", "--heartbeat-timeout", "2s"])
         #expect(eventually(timeout: 60) { primary.standardError.text.contains("protected by the standby") }, "primary: \(primary.standardError.text)")
         usleep(UInt32.random(in: 200_000...1_500_000))
         primary.signal(SIGKILL)
