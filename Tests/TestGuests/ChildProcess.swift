@@ -56,6 +56,10 @@ public final class ChildProcess: @unchecked Sendable {
 
     public func signal(_ number: Int32) { kill(process.processIdentifier, number) }
 
+    /// The exit status once the process has ended, nil while it runs (Foundation
+    /// traps when asked for the status of a running process).
+    public var exitStatus: Int32? { process.isRunning ? nil : process.terminationStatus }
+
     /// Waits for the process to end; false if it still runs after `timeout` seconds.
     public func waitForExit(timeout: TimeInterval = 30) -> Bool {
         let ended = eventually(timeout: timeout) { !process.isRunning }

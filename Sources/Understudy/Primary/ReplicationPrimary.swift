@@ -57,6 +57,10 @@ public final class ReplicationPrimary: @unchecked Sendable {
         case stopped
     }
 
+    /// How long an orderly stop waits, at most, for a live standby to
+    /// acknowledge the last checkpoint sent before it says goodbye.
+    public static let orderlyStopWait: Duration = .seconds(10)
+
     public let machine: any ReplicatedMachine
     public let output: OutputBuffer
     public let configuration: PrimaryConfiguration
@@ -283,7 +287,7 @@ public final class ReplicationPrimary: @unchecked Sendable {
         }
         receiver.name = "understudy-primary-acks"
         receiver.start()
-        let heartbeats = Heartbeats.start(on: link, every: configuration.heartbeatTimeout / 4, name: "understudy-primary-heartbeat")
+        let heartbeats = Heartbeats.start(on: link, every: Heartbeats.interval(for: configuration.heartbeatTimeout), name: "understudy-primary-heartbeat")
         if let disk = configuration.disk {
             engine.diskLog = disk
             do { try copyDisk(disk, over: link) } catch { markLost("copying the disk: \(error)") }
@@ -305,11 +309,14 @@ public final class ReplicationPrimary: @unchecked Sendable {
             output.passThrough()
             setStatus(.unprotected)
         } else {
-            // Orderly stop: deliver what was captured, wait (bounded) for its acknowledgement.
+            // Orderly stop: deliver what was captured and wait for its acknowledgement,
+            // so the standby holds the last state before it is told goodbye. A dead
+            // standby ends the wait within the heartbeat timeout; a live but slow one
+            // (a full image still being applied) gets up to `orderlyStopWait`.
             do { try engine.stop() } catch { logger.debug("engine stopped: \(error)") }
             let last = sentThrough.withLock { $0 }
             let allAcknowledged = { last.map { last in self.state.withLock { $0.acked }.map { $0 >= last } ?? false } ?? true }
-            let deadline = ContinuousClock.now + configuration.heartbeatTimeout
+            let deadline = ContinuousClock.now + max(configuration.heartbeatTimeout, Self.orderlyStopWait)
             while !allAcknowledged() && ContinuousClock.now < deadline && lost.withLock({ $0 }) == nil {
                 Thread.sleep(forTimeInterval: 0.002)
             }
@@ -317,7 +324,7 @@ public final class ReplicationPrimary: @unchecked Sendable {
             try? link.send(Frame(.goodbye, payload: Array(goodbyeReason.withLock { $0 }.utf8.prefix(1024))))
             // The standby answers goodbye and closes; closing first, with its
             // heartbeats unread, would reset the connection before it read ours.
-            let closeBy = ContinuousClock.now + .seconds(1)
+            let closeBy = ContinuousClock.now + max(configuration.heartbeatTimeout, .seconds(1))
             while lost.withLock({ $0 }) == nil && ContinuousClock.now < closeBy { Thread.sleep(forTimeInterval: 0.005) }
             markLost("stopped")
             configuration.disk?.stopRecording()

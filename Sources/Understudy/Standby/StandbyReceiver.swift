@@ -136,7 +136,7 @@ public final class StandbyReceiver: @unchecked Sendable {
         if stopping.load(ordering: .relaxed) { return .stopped }
         logger.info("primary connected", metadata: ["peer": "\(link.peer)", "session": "\(accepted.sessionText)",
                                                     "memory": "\(accepted.memorySize >> 20) MiB"])
-        let heartbeats = Heartbeats.start(on: link, every: configuration.heartbeatTimeout / 4, name: "understudy-standby-heartbeat")
+        let heartbeats = Heartbeats.start(on: link, every: Heartbeats.interval(for: configuration.heartbeatTimeout), name: "understudy-standby-heartbeat")
         let refusing = refuseOthers(while: link)
         defer {
             heartbeats.stop()

@@ -8,6 +8,14 @@ public final class Heartbeats: Sendable {
 
     private init() {}
 
+    /// The interval to send at for a side whose own timeout is `timeout`: a
+    /// quarter of it, but at most 50 ms, so that a peer with a shorter timeout
+    /// (down to 200 ms) still hears from this side in time. The hosts' timeouts
+    /// need not match.
+    public static func interval(for timeout: Duration) -> Duration {
+        min(timeout / 4, .milliseconds(50))
+    }
+
     /// Starts sending on `link` every `interval`.
     public static func start(on link: FrameConnection, every interval: Duration, name: String) -> Heartbeats {
         let heartbeats = Heartbeats()
