@@ -159,7 +159,7 @@ struct DiskReplicationProcessTests {
         #expect(eventually(timeout: 60) { JournalImage.flushed(in: standby.standardOutput.lines).count >= before + 5 },
                 "the journal goes on: \(standby.standardError.text)")
         standby.signal(SIGTERM)
-        #expect(standby.waitForExit())
+        #expect(standby.waitForExit(timeout: 60), "the standby stops on SIGTERM: \(standby.standardError.text.suffix(3000))")
         let seenOnPrimary = JournalImage.flushed(in: primary.standardOutput.lines)
         let seenOnStandby = JournalImage.flushed(in: standby.standardOutput.lines)
         let reported = seenOnPrimary + seenOnStandby
