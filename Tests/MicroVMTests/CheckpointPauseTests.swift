@@ -52,13 +52,7 @@ struct CheckpointPauseTests {
         }
         #expect(refreshed, "the vCPU's next exit refreshed the copy")
         try machine.resume()
-        machine.requestStop()
-        #expect(machine.waitUntilStopped(timeout: .seconds(10)) == .requested)
-        for cpu in 0..<2 {
-            let lines = console.lines(cpu: cpu)
-            #expect(lines.count >= 2, "vCPU \(cpu) made progress")
-            #expect(lines == WorkloadReference.lines(cpu: cpu, pages: 16, wss: 256, every: 3000, count: lines.count))
-        }
+        stopAndExpectExactWorkload(machine, console: console, cpus: 2, pages: 16, wss: 256, every: 3000, atLeast: 2)
     }
 
     /// The parked states, waited for as `captureState()` waits.

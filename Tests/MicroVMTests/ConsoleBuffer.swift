@@ -1,4 +1,7 @@
+import MicroVM
 import Synchronization
+import TestGuests
+import Testing
 
 /// Collects console output from the machine's vCPU threads.
 final class ConsoleBuffer: Sendable {
@@ -18,4 +21,17 @@ final class ConsoleBuffer: Sendable {
 
     /// Lines of vCPU `cpu`.
     func lines(cpu: Int) -> [String] { lines.filter { $0.hasSuffix(" cpu=\(cpu)") } }
+}
+
+/// Stops `machine` and checks what the workload printed on each of its vCPUs:
+/// at least `atLeast` lines, each exactly the computed one.
+func stopAndExpectExactWorkload(_ machine: Machine, console: ConsoleBuffer, cpus: Int, pages: Int, wss: Int, every: Int,
+                                atLeast: Int) {
+    machine.requestStop()
+    #expect(machine.waitUntilStopped(timeout: .seconds(10)) == .requested)
+    for cpu in 0..<cpus {
+        let lines = console.lines(cpu: cpu)
+        #expect(lines.count >= atLeast, "vCPU \(cpu) made progress")
+        #expect(lines == WorkloadReference.lines(cpu: cpu, pages: pages, wss: wss, every: every, count: lines.count))
+    }
 }

@@ -34,13 +34,7 @@ struct PauseResumeTests {
             resumes.append(try machine.resume())
             usleep(300)
         }
-        machine.requestStop()
-        #expect(machine.waitUntilStopped(timeout: .seconds(10)) == .requested)
-        for cpu in 0..<2 {
-            let lines = console.lines(cpu: cpu)
-            #expect(lines.count >= 3, "vCPU \(cpu) made progress")
-            #expect(lines == WorkloadReference.lines(cpu: cpu, pages: 16, wss: 512, every: 2000, count: lines.count))
-        }
+        stopAndExpectExactWorkload(machine, console: console, cpus: 2, pages: 16, wss: 512, every: 2000, atLeast: 3)
         print(String(format: "pause latency (2 vCPUs, 1000 cycles): median %.0f µs, p99 %.0f µs; resume: median %.0f µs, p99 %.0f µs",
                      microseconds(pauses, percentile: 0.5), microseconds(pauses, percentile: 0.99),
                      microseconds(resumes, percentile: 0.5), microseconds(resumes, percentile: 0.99)))
