@@ -210,4 +210,18 @@ public struct MSR: Sendable, Equatable, Hashable {
         self.index = index
         self.value = value
     }
+
+    /// MSRs whose value KVM advances by itself, even while the vCPU is out of
+    /// KVM_RUN: counters of time. They are part of a vCPU's state (a restored vCPU
+    /// must get them back), but two captures of a stopped vCPU differ in them, so
+    /// "the same state" means equal in everything else (`VCPUState.isSame(as:)`).
+    ///
+    /// - 0x10 IA32_TIME_STAMP_COUNTER, on every KVM;
+    /// - 0x40000010 HV_X64_MSR_VP_RUNTIME and 0x40000020 HV_X64_MSR_TIME_REF_COUNT,
+    ///   Hyper-V's per-vCPU run time and reference clock, which hardware KVM
+    ///   (kvm_intel, kvm_amd) lists as saveable and kvm_pvm does not.
+    public static let freeRunningIndices: Set<UInt32> = [0x10, 0x4000_0010, 0x4000_0020]
+
+    /// Whether KVM advances this MSR by itself (see `freeRunningIndices`).
+    public var isFreeRunning: Bool { Self.freeRunningIndices.contains(index) }
 }

@@ -22,7 +22,23 @@ public struct VCPUState: Sendable, Equatable {
     /// The CPUID the vCPU was given (restored first, before anything depends on it).
     public var cpuid: CPUID
 
+    /// Byte-for-byte equality of the encoded states, free-running counters included.
     public static func == (lhs: VCPUState, rhs: VCPUState) -> Bool { lhs.encoded() == rhs.encoded() }
+
+    /// Equality of everything but the counters KVM advances by itself
+    /// (`MSR.freeRunningIndices`): what "the vCPU did not change" means, since two
+    /// captures of a vCPU that did not run differ in those.
+    public func isSame(as other: VCPUState) -> Bool {
+        withoutFreeRunningCounters == other.withoutFreeRunningCounters
+    }
+
+    /// This state with the free-running MSRs left out (for comparisons only:
+    /// restoring it would leave those counters where the target vCPU has them).
+    public var withoutFreeRunningCounters: VCPUState {
+        var copy = self
+        copy.msrs.removeAll(where: \.isFreeRunning)
+        return copy
+    }
 }
 
 extension VCPU {

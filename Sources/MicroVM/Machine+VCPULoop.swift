@@ -98,6 +98,7 @@ extension Machine {
             stop(.unexpectedExit(vcpu: index, exit: "dirty ring full with no handler"))
             return false
         case .shutdown:
+            logger.error("vCPU \(index) shut down (triple fault): \(Self.describeFault(vcpu))")
             stop(.shutdown(vcpu: index))
         case .internalError(let suberror, _):
             stop(.internalError(vcpu: index, suberror: suberror))
@@ -111,6 +112,23 @@ extension Machine {
             stop(.unexpectedExit(vcpu: index, exit: "unknown exit reason \(reason)"))
         }
         return false
+    }
+
+    /// Where a vCPU was when it shut down: the registers that tell which exception
+    /// it could not deliver, for the log.
+    static func describeFault(_ vcpu: VCPU) -> String {
+        do {
+            let regs = try vcpu.registers()
+            let sregs = try vcpu.specialRegisters()
+            let events = try vcpu.events()
+            func hex(_ value: UInt64) -> String { "0x" + String(value, radix: 16) }
+            return "rip=\(hex(regs.rip)) rsp=\(hex(regs.rsp)) rflags=\(hex(regs.rflags)) cs=\(hex(UInt64(sregs.cs.selector))) "
+                + "cr0=\(hex(sregs.cr0)) cr2=\(hex(sregs.cr2)) cr3=\(hex(sregs.cr3)) cr4=\(hex(sregs.cr4)) efer=\(hex(sregs.efer)) "
+                + "idt=\(hex(sregs.idt.base))/\(sregs.idt.limit) exception=\(events.exception.injected != 0 || events.exception.pending != 0 ? String(events.exception.nr) : "none") "
+                + "interrupt=\(events.interrupt.injected != 0 ? String(events.interrupt.nr) : "none")"
+        } catch {
+            return "registers unreadable: \(error)"
+        }
     }
 
     private func device(at address: UInt64, length: Int) -> (any MMIODevice)? {

@@ -1,8 +1,9 @@
 import CKVM
 import KVM
+import TestGuests
 import Testing
 
-@Suite("System handle", .enabled(if: KVMAvailability.available, "needs /dev/kvm"))
+@Suite("System handle", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 3))
 struct SystemHandleTests {
     @Test func apiVersionAndCapabilities() throws {
         let kvm = try KVM()

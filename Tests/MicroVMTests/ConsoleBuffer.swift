@@ -28,7 +28,7 @@ final class ConsoleBuffer: Sendable {
 func stopAndExpectExactWorkload(_ machine: Machine, console: ConsoleBuffer, cpus: Int, pages: Int, wss: Int, every: Int,
                                 atLeast: Int) {
     machine.requestStop()
-    #expect(machine.waitUntilStopped(timeout: .seconds(10)) == .requested)
+    #expect(machine.waitUntilStopped(timeout: TestHost.scaled(.seconds(10))) == .requested)
     for cpu in 0..<cpus {
         let lines = console.lines(cpu: cpu)
         #expect(lines.count >= atLeast, "vCPU \(cpu) made progress")

@@ -1,9 +1,10 @@
 import Foundation
 import KVM
 @testable import MicroVM
+import TestGuests
 import Testing
 
-@Suite("Corrupt saved state", .enabled(if: kvmAvailable, "needs /dev/kvm"))
+@Suite("Corrupt saved state", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 3))
 struct CorruptStateTests {
     static func savedMachine() throws -> (state: [UInt8], memory: [UInt8]) {
         let machine = try Machine(configuration: .init(vcpuCount: 2, memorySize: 16 << 20, commandLine: "every=500"),
@@ -14,7 +15,7 @@ struct CorruptStateTests {
         let state = try machine.saveState()
         let memory = Array(machine.memory.bytes)
         machine.requestStop()
-        _ = machine.waitUntilStopped(timeout: .seconds(10))
+        _ = machine.waitUntilStopped(timeout: TestHost.scaled(.seconds(10)))
         return (state, memory)
     }
 

@@ -21,7 +21,7 @@ func checkDirtyCompleteness(_ machine: Machine, previous: inout [UInt8], round: 
     return (changed, bitmap.count)
 }
 
-@Suite("Dirty completeness", .enabled(if: kvmAvailable, "needs /dev/kvm"))
+@Suite("Dirty completeness", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 3))
 struct DirtyCompletenessTests {
     @Test(arguments: [MachineConfiguration.DirtyTracking.bitmap, .ring(entries: 4096)])
     func everyChangedPageIsCollected(tracking: MachineConfiguration.DirtyTracking) throws {
@@ -43,7 +43,7 @@ struct DirtyCompletenessTests {
             try machine.resume()
         }
         machine.requestStop()
-        _ = machine.waitUntilStopped(timeout: .seconds(10))
+        _ = machine.waitUntilStopped(timeout: TestHost.scaled(.seconds(10)))
         #expect(totalChanged > 100, "the workload changed pages")
     }
 
@@ -74,7 +74,7 @@ struct DirtyCompletenessTests {
             if machine.rearmedBitmaps.contains(where: { $0.count > 0 }) { rearmedLate += 1 }
         }
         machine.requestStop()
-        _ = machine.waitUntilStopped(timeout: .seconds(10))
+        _ = machine.waitUntilStopped(timeout: TestHost.scaled(.seconds(10)))
         #expect(totalChanged > 1000, "the workload changed pages")
         #expect(deferred == 300, "every checkpoint harvest left the re-arming for later")
         #expect(rearmedLate >= 150, "pages were re-armed after the resume in \(rearmedLate) of 300 rounds")

@@ -5,7 +5,7 @@ import TestGuests
 import Testing
 
 /// Guests that wait through the doorbell instead of spinning.
-@Suite("Doorbell waits", .enabled(if: kvmAvailable, "needs /dev/kvm"))
+@Suite("Doorbell waits", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 3))
 struct DoorbellGuestTests {
     /// Waits for an event (WAIT_NS 0), reads EVENTS, exits with them as the code.
     static let waitForEvent: [UInt8] = [
@@ -36,14 +36,14 @@ struct DoorbellGuestTests {
         usleep(50_000)
         #expect(machine.stopReason == nil, "the guest waits")
         machine.doorbell.raise(0b1010)
-        #expect(machine.waitUntilStopped(timeout: .seconds(10)) == .guestExit(code: 0b1010))
+        #expect(machine.waitUntilStopped(timeout: TestHost.scaled(.seconds(10))) == .guestExit(code: 0b1010))
     }
 
     @Test func deadlineEndsAWait() throws {
         let machine = try Self.machine(Self.waitForDeadline)
         let started = ContinuousClock.now
         try machine.start()
-        #expect(machine.waitUntilStopped(timeout: .seconds(10)) == .guestExit(code: 7))
+        #expect(machine.waitUntilStopped(timeout: TestHost.scaled(.seconds(10))) == .guestExit(code: 7))
         #expect(ContinuousClock.now - started >= .milliseconds(20))
     }
 
@@ -59,18 +59,18 @@ struct DoorbellGuestTests {
         let memory = try SharedMemory(size: machine.memory.size)
         memory.bytes.copyBytes(from: UnsafeRawBufferPointer(machine.memory.bytes))
         machine.requestStop()
-        _ = machine.waitUntilStopped(timeout: .seconds(10))
+        _ = machine.waitUntilStopped(timeout: TestHost.scaled(.seconds(10)))
 
         let restored = try Machine(restoring: state, memory: memory, console: { _ in })
         try restored.start()
         usleep(20_000)
         #expect(restored.stopReason == nil)
         restored.doorbell.raise(4)
-        #expect(restored.waitUntilStopped(timeout: .seconds(10)) == .guestExit(code: 4))
+        #expect(restored.waitUntilStopped(timeout: TestHost.scaled(.seconds(10))) == .guestExit(code: 4))
     }
 }
 
-@Suite("Guest memory", .enabled(if: kvmAvailable, "needs /dev/kvm"))
+@Suite("Guest memory", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 3))
 struct GuestMemoryTests {
     /// RAM split over several KVM slots works like one, and dirty logging can be
     /// switched on and off while the guest runs.
@@ -102,7 +102,7 @@ struct GuestMemoryTests {
         let after = console.lines(cpu: 0).count
         #expect(eventually { console.lines(cpu: 0).count >= after + 1 }, "runs on with logging off again")
         machine.requestStop()
-        _ = machine.waitUntilStopped(timeout: .seconds(10))
+        _ = machine.waitUntilStopped(timeout: TestHost.scaled(.seconds(10)))
         let lines = console.lines(cpu: 0)
         #expect(lines.count >= 3)
         #expect(lines == WorkloadReference.lines(cpu: 0, pages: 16, wss: 2000, every: 100, count: lines.count))

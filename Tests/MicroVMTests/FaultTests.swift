@@ -1,6 +1,7 @@
 import Foundation
 import KVM
 @testable import MicroVM
+import TestGuests
 import Testing
 
 /// Whether any descriptor or mapping of this process refers to the memfd called `name`.
@@ -13,7 +14,7 @@ func memfdInUse(_ name: String) -> Bool {
     return linked || maps.contains("memfd:\(name) ")
 }
 
-@Suite("Guests that misbehave", .enabled(if: kvmAvailable, "needs /dev/kvm"), .serialized)
+@Suite("Guests that misbehave", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 3), .serialized)
 struct FaultTests {
     /// Each runs as a raw image at 0x100000 and must end the machine with the given reason.
     static let cases: [(String, [UInt8], @Sendable (StopReason?) -> Bool)] = [
@@ -48,7 +49,7 @@ struct FaultTests {
                 released = machine
                 try machine.start()
                 #expect(memfdInUse("\(memfdName)-ram"))
-                let reason = machine.waitUntilStopped(timeout: .seconds(30))
+                let reason = machine.waitUntilStopped(timeout: TestHost.scaled(.seconds(30)))
                 #expect(check(reason), "\(name): stopped with \(String(describing: reason))")
             }
             // The machine, and with it the KVM, VM and vCPU descriptors, the kvm_run

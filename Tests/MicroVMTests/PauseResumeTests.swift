@@ -12,7 +12,7 @@ func microseconds(_ values: [Duration], percentile: Double) -> Double {
     return Double(d.seconds) * 1e6 + Double(d.attoseconds) / 1e12
 }
 
-@Suite("Pause and resume", .enabled(if: kvmAvailable, "needs /dev/kvm"))
+@Suite("Pause and resume", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 3))
 struct PauseResumeTests {
     /// 1000 pause/resume cycles while the workload runs on two vCPUs: every line
     /// it prints is still exactly the computed one.
@@ -51,6 +51,6 @@ struct PauseResumeTests {
         _ = try machine.saveState()
         try machine.resume()
         machine.requestStop()
-        #expect(machine.waitUntilStopped(timeout: .seconds(10)) == .requested)
+        #expect(machine.waitUntilStopped(timeout: TestHost.scaled(.seconds(10))) == .requested)
     }
 }

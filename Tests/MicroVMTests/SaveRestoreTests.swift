@@ -4,7 +4,7 @@ import KVM
 import TestGuests
 import Testing
 
-@Suite("Save and restore", .enabled(if: kvmAvailable, "needs /dev/kvm"))
+@Suite("Save and restore", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 3))
 struct SaveRestoreTests {
     static let options = "pages=24 wss=600 every=1500"
 
@@ -14,7 +14,7 @@ struct SaveRestoreTests {
 
     /// Waits until `console` holds at least `count` lines for every vCPU.
     static func waitForLines(_ console: ConsoleBuffer, cpus: Int, count: Int, timeout: TimeInterval = 30) -> Bool {
-        let deadline = Date().addingTimeInterval(timeout)
+        let deadline = Date().addingTimeInterval(TestHost.seconds(timeout))
         while Date() < deadline {
             if (0..<cpus).allSatisfy({ console.lines(cpu: $0).count >= count }) { return true }
             usleep(2000)
@@ -43,7 +43,7 @@ struct SaveRestoreTests {
             let memory = Array(original!.memory.bytes)
             let before = (0..<cpus).map { console.lines(cpu: $0) }
             original!.requestStop()
-            #expect(original!.waitUntilStopped(timeout: .seconds(10)) == .requested)
+            #expect(original!.waitUntilStopped(timeout: TestHost.scaled(.seconds(10))) == .requested)
             original = nil
 
             let copy = try SharedMemory(size: memory.count)
@@ -54,7 +54,7 @@ struct SaveRestoreTests {
             let target = before.map(\.count).max()! + 15
             let reached = Self.waitForLines(after, cpus: cpus, count: 15)
             restored.requestStop()
-            _ = restored.waitUntilStopped(timeout: .seconds(10))
+            _ = restored.waitUntilStopped(timeout: TestHost.scaled(.seconds(10)))
             #expect(reached, "restored machine printed too little (round \(round))")
             for cpu in 0..<cpus {
                 let all = before[cpu] + after.lines(cpu: cpu)
@@ -78,7 +78,7 @@ struct SaveRestoreTests {
         try MachineSnapshot.write(machine, to: path)
         let before = (0..<2).map { console.lines(cpu: $0) }
         machine.requestStop()
-        _ = machine.waitUntilStopped(timeout: .seconds(10))
+        _ = machine.waitUntilStopped(timeout: TestHost.scaled(.seconds(10)))
 
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)

@@ -4,13 +4,7 @@ import KVM
 import TestGuests
 import Testing
 
-let kvmAvailable: Bool = {
-    if KVM.isAvailable { return true }
-    print("*** MICROVM TESTS SKIPPED: /dev/kvm is missing or not accessible; they need real KVM ***")
-    return false
-}()
-
-@Suite("Workload guest", .enabled(if: kvmAvailable, "needs /dev/kvm"))
+@Suite("Workload guest", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 3))
 struct WorkloadTests {
     @Test(arguments: [1, 2])
     func printsExactlyTheComputedSequence(vcpus: Int) throws {
@@ -19,7 +13,7 @@ struct WorkloadTests {
         let machine = try Machine(configuration: .init(vcpuCount: vcpus, memorySize: 64 << 20, commandLine: options),
                                   console: console.sink)
         try machine.start()
-        let reason = machine.waitUntilStopped(timeout: .seconds(60))
+        let reason = machine.waitUntilStopped(timeout: TestHost.scaled(.seconds(60)))
         #expect(reason == .guestExit(code: 0))
         for cpu in 0..<vcpus {
             let expected = WorkloadReference.lines(cpu: cpu, pages: 32, wss: 512, every: 200, count: 40)
@@ -38,7 +32,7 @@ struct WorkloadTests {
         let console = ConsoleBuffer()
         let machine = try Machine(configuration: .init(memorySize: 8 << 20, commandLine: "wss=100000"), console: console.sink)
         try machine.start()
-        #expect(machine.waitUntilStopped(timeout: .seconds(30)) == .guestExit(code: 2))
+        #expect(machine.waitUntilStopped(timeout: TestHost.scaled(.seconds(30))) == .guestExit(code: 2))
         #expect(console.text.contains("does not fit"))
     }
 }

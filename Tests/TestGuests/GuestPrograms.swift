@@ -77,9 +77,9 @@ public let networkTestsAvailable: Bool = {
     return ok
 }()
 
-/// Waits until `condition` holds or `timeout` passes.
+/// Waits until `condition` holds or `timeout` passes (scaled for the host's KVM: `TestHost`).
 public func eventually(timeout: TimeInterval = 30, _ condition: () -> Bool) -> Bool {
-    let deadline = Date().addingTimeInterval(timeout)
+    let deadline = Date().addingTimeInterval(TestHost.seconds(timeout))
     while Date() < deadline {
         if condition() { return true }
         usleep(5000)

@@ -6,12 +6,6 @@ import TestGuests
 import Testing
 @testable import Understudy
 
-let kvmAvailable: Bool = {
-    if KVM.isAvailable { return true }
-    print("*** UNDERSTUDY ENGINE TESTS SKIPPED: /dev/kvm is missing or not accessible ***")
-    return false
-}()
-
 /// Console lines from the workload, collected from vCPU threads.
 final class Lines: @unchecked Sendable {
     private let lock = NSLock()
@@ -27,7 +21,7 @@ final class Lines: @unchecked Sendable {
 
 func memoryDigest(_ machine: Machine) -> UInt32 { ckvm_crc32c(0, machine.memory.base, machine.memory.size) }
 
-@Suite("Checkpoint engine", .enabled(if: kvmAvailable, "needs /dev/kvm"), .serialized)
+@Suite("Checkpoint engine", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 3), .serialized)
 struct CheckpointEngineTests {
     /// After every checkpoint the replica's memory is byte-identical to the guest's
     /// memory at that checkpoint (CRC-32C of all RAM), for dirty rates from almost
@@ -65,7 +59,7 @@ struct CheckpointEngineTests {
             if epoch > 0 { dirtyCounts.append(checkpoint.pageCount) }
         }
         machine.requestStop()
-        _ = machine.waitUntilStopped(timeout: .seconds(10))
+        _ = machine.waitUntilStopped(timeout: TestHost.scaled(.seconds(10)))
         print("\(tracking) \(options): \(epochs) epochs, dirty pages per epoch min \(dirtyCounts.min()!) max \(dirtyCounts.max()!)")
     }
 
@@ -104,7 +98,7 @@ struct CheckpointEngineTests {
         try replica.apply(engine.encode(staged))
         #expect(replica.memoryDigest == memoryDigest(machine))
         machine.requestStop()
-        _ = machine.waitUntilStopped(timeout: .seconds(10))
+        _ = machine.waitUntilStopped(timeout: TestHost.scaled(.seconds(10)))
         let pauses = stats.dropFirst().map { Double($0.pause.components.attoseconds) / 1e12 + Double($0.pause.components.seconds) * 1e6 }.sorted()
         print(String(format: "engine at 1 ms: %d epochs, pause p50 %.0f µs p99 %.0f µs, %d stretched, mean %.0f dirty pages, %.1fx compression",
                      stats.count, pauses[pauses.count / 2], pauses[pauses.count * 99 / 100], stats.filter(\.stretched).count,
@@ -137,7 +131,7 @@ struct CheckpointEngineTests {
                 try replica.apply(engine.encode(staged))
             }
             machine.requestStop()
-            _ = machine.waitUntilStopped(timeout: .seconds(10))
+            _ = machine.waitUntilStopped(timeout: TestHost.scaled(.seconds(10)))
 
             let memory = try SharedMemory(size: replica.memory.size)
             memory.bytes.copyBytes(from: UnsafeRawBufferPointer(replica.memory.bytes))
@@ -146,7 +140,7 @@ struct CheckpointEngineTests {
             try restored.start()
             _ = eventually { (0..<(1 + round % 2)).allSatisfy { cpu in after.lines.filter { $0.hasSuffix("cpu=\(cpu)") }.count >= 10 } }
             restored.requestStop()
-            _ = restored.waitUntilStopped(timeout: .seconds(10))
+            _ = restored.waitUntilStopped(timeout: TestHost.scaled(.seconds(10)))
             for cpu in 0..<(1 + round % 2) {
                 let all = (linesAtTarget + after.lines).filter { $0.hasSuffix("cpu=\(cpu)") }
                 #expect(all.count >= 10)

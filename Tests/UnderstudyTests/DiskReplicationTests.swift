@@ -16,7 +16,7 @@ func fileDigest(_ path: String) throws -> UInt32 {
 
 /// Block writes replicated with their checkpoint (DESIGN.md invariant 4), with
 /// the journal guest appending and flushing records on a real virtio-blk disk.
-@Suite("Disk replication", .enabled(if: kvmAvailable, "needs /dev/kvm"), .serialized)
+@Suite("Disk replication", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 3), .serialized)
 struct DiskReplicationTests {
     /// A journal machine on `image`, its writes recorded in a `DiskWriteLog`.
     static func journal(image: String, options: String = "flush_every=4") throws -> (Machine, DiskWriteLog) {
@@ -52,7 +52,7 @@ struct DiskReplicationTests {
         let standbyImage = JournalImage.makeImage(megabytes: 16)
         defer { try? FileManager.default.removeItem(atPath: primaryImage); try? FileManager.default.removeItem(atPath: standbyImage) }
         let (machine, log) = try Self.journal(image: primaryImage)
-        defer { machine.requestStop(); _ = machine.waitUntilStopped(timeout: .seconds(10)) }
+        defer { machine.requestStop(); _ = machine.waitUntilStopped(timeout: TestHost.scaled(.seconds(10))) }
         let (replica, disk, engine) = try Self.replication(of: machine, log: log, standbyImage: standbyImage)
         let staged = StagedCheckpoint()
         try machine.start()
@@ -112,7 +112,7 @@ struct DiskReplicationTests {
         close(stale)
 
         let (machine, log) = try Self.journal(image: primaryImage, options: "flush_every=2")
-        defer { machine.requestStop(); _ = machine.waitUntilStopped(timeout: .seconds(10)) }
+        defer { machine.requestStop(); _ = machine.waitUntilStopped(timeout: TestHost.scaled(.seconds(10))) }
         let (replica, disk, engine) = try Self.replication(of: machine, log: log, standbyImage: standbyImage)
         try machine.start()
         usleep(100_000)

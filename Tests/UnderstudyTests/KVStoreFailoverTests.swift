@@ -11,7 +11,7 @@ import Testing
 /// primary is then killed without warning and the replica resumed in a new
 /// machine on the same tap: the client's connection carries on and every value
 /// it was told is stored reads back.
-@Suite("kvstore failover from the replica", .enabled(if: networkTestsAvailable, "needs root, /dev/kvm, /dev/net/tun"), .serialized)
+@Suite("kvstore failover from the replica", .enabled(if: networkTestsAvailable, "needs root, /dev/kvm, /dev/net/tun"), .deadline(minutes: 3), .serialized)
 struct KVStoreFailoverTests {
     @Test func everyAcknowledgedValueSurvives() throws {
         let network = try TestNetwork()
@@ -49,7 +49,7 @@ struct KVStoreFailoverTests {
         // The primary dies: no final checkpoint, held output of uncommitted epochs is lost.
         try? engine.stop()
         primary.requestStop()
-        _ = primary.waitUntilStopped(timeout: .seconds(10))
+        _ = primary.waitUntilStopped(timeout: TestHost.scaled(.seconds(10)))
         output.discardUncommitted()
         #expect(applyErrors.withLock { $0 } == 0)
         let committed = try #require(replica.committedSequence)
@@ -63,7 +63,7 @@ struct KVStoreFailoverTests {
         try standby.start()
         defer {
             standby.requestStop()
-            _ = standby.waitUntilStopped(timeout: .seconds(10))
+            _ = standby.waitUntilStopped(timeout: TestHost.scaled(.seconds(10)))
         }
         // The same connection carries on.
         #expect(try client.command("SET after failover") == "OK")

@@ -37,7 +37,7 @@ final class CollectedLog: @unchecked Sendable {
 /// connection is dropped; the committed replica is exactly checkpoint 3, and a
 /// guest resumed from it (on the replica's own memory, as in a failover)
 /// prints exactly what the original would have.
-@Suite("Standby under hostile input", .enabled(if: kvmAvailable, "needs /dev/kvm"), .serialized)
+@Suite("Standby under hostile input", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 3), .serialized)
 struct StandbyHostileInputTests {
     enum Attack: String, CaseIterable, Sendable {
         case randomBytes, truncatedCheckpoint, badChecksum, wrongVersion, replayedCheckpoint, pageBeyondMemory,
@@ -85,7 +85,7 @@ struct StandbyHostileInputTests {
         let console = Lines()
         let machine = try Machine(configuration: .init(memorySize: 32 << 20, commandLine: options, dirtyTracking: .bitmap),
                                   console: console.sink)
-        defer { machine.requestStop(); _ = machine.waitUntilStopped(timeout: .seconds(10)) }
+        defer { machine.requestStop(); _ = machine.waitUntilStopped(timeout: TestHost.scaled(.seconds(10))) }
 
         // Before any session: a stranger's junk, or a peer of another version, is refused and changes nothing.
         if attack == .randomBytes || attack == .wrongVersion {
@@ -123,7 +123,7 @@ struct StandbyHostileInputTests {
             }
         }
         machine.requestStop()
-        _ = machine.waitUntilStopped(timeout: .seconds(10))
+        _ = machine.waitUntilStopped(timeout: TestHost.scaled(.seconds(10)))
 
         // A second primary is refused at once while the session runs.
         let second = FrameConnection(try TCPConnection.connect(to: address))
@@ -192,7 +192,7 @@ struct StandbyHostileInputTests {
         try restored.start()
         _ = eventually { after.lines.count >= 10 }
         restored.requestStop()
-        _ = restored.waitUntilStopped(timeout: .seconds(10))
+        _ = restored.waitUntilStopped(timeout: TestHost.scaled(.seconds(10)))
         let all = linesAtThree + after.lines
         #expect(all.count >= 10)
         #expect(all == WorkloadReference.lines(cpu: 0, pages: 16, wss: 1000, every: 300, count: all.count), "\(attack)")
@@ -202,7 +202,7 @@ struct StandbyHostileInputTests {
 /// The primary does not trust its standby either: an acknowledgement of a
 /// checkpoint it has not sent whole (or out of order) releases nothing and ends
 /// the session.
-@Suite("Primary under a hostile standby", .enabled(if: kvmAvailable, "needs /dev/kvm"), .serialized)
+@Suite("Primary under a hostile standby", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 3), .serialized)
 struct PrimaryHostileStandbyTests {
     @Test func earlyAcknowledgementReleasesNothing() throws {
         let log = CollectedLog()
@@ -210,7 +210,7 @@ struct PrimaryHostileStandbyTests {
         let output = OutputBuffer { _, _ in }
         let machine = try Machine(configuration: .init(memorySize: 32 << 20, commandLine: "pages=4 wss=64 every=2000", dirtyTracking: .bitmap),
                                   console: { bytes in bytes.withUnsafeBytes { output.hold(.console, $0) } })
-        defer { machine.requestStop(); _ = machine.waitUntilStopped(timeout: .seconds(10)) }
+        defer { machine.requestStop(); _ = machine.waitUntilStopped(timeout: TestHost.scaled(.seconds(10))) }
         try machine.start()
         var configuration = PrimaryConfiguration(standby: SocketAddress(host: "127.0.0.1", port: listener.port),
                                                  engine: EngineConfiguration(epoch: .milliseconds(5)), heartbeatTimeout: .seconds(5))

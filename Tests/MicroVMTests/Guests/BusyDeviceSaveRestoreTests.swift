@@ -8,7 +8,7 @@ import Testing
 /// Save/restore while devices are busy: the machine is paused mid-exchange,
 /// snapshotted, stopped, and resumed by `understudy-primary` in a new process
 /// that takes over the same tap (and disk). The client's TCP connection carries on.
-@Suite("Busy devices across processes", .enabled(if: networkTestsAvailable, "needs root, /dev/kvm, /dev/net/tun"), .serialized)
+@Suite("Busy devices across processes", .enabled(if: networkTestsAvailable, "needs root, /dev/kvm, /dev/net/tun"), .deadline(minutes: 3), .serialized)
 struct BusyDeviceSaveRestoreTests {
     /// Starts `understudy-primary --restore` on `snapshot` with the given host devices.
     static func resume(snapshot: String, tap: String, disk: String?, console: ConsoleBuffer) throws -> Process {
@@ -32,7 +32,7 @@ struct BusyDeviceSaveRestoreTests {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("busy-\(UUID()).snapshot").path
         try MachineSnapshot.write(machine, to: path)
         machine.requestStop()
-        _ = machine.waitUntilStopped(timeout: .seconds(10))
+        _ = machine.waitUntilStopped(timeout: TestHost.scaled(.seconds(10)))
         return path
     }
 
@@ -171,7 +171,7 @@ struct BusyDeviceSaveRestoreTests {
         stopClient.store(true, ordering: .relaxed)
         #expect(try worker.join() > 10)
         machine.requestStop()
-        _ = machine.waitUntilStopped(timeout: .seconds(10))
+        _ = machine.waitUntilStopped(timeout: TestHost.scaled(.seconds(10)))
         #expect(vmmOnly > 0, "received frames land in pages only the VMM wrote")
     }
 }

@@ -4,7 +4,7 @@ import KVM
 import TestGuests
 import Testing
 
-@Suite("journal guest", .enabled(if: kvmAvailable, "needs /dev/kvm"), .serialized)
+@Suite("journal guest", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 3), .serialized)
 struct JournalTests {
     /// 10,000 records and a clean stop: the image holds exactly the records the
     /// guest reported as flushed, checked by reading the image from the host.
@@ -17,7 +17,7 @@ struct JournalTests {
         configuration.disk = DiskConfiguration(path: disk)
         let machine = try Machine(configuration: configuration, console: console.sink)
         try machine.start()
-        #expect(machine.waitUntilStopped(timeout: .seconds(120)) == .guestExit(code: 0))
+        #expect(machine.waitUntilStopped(timeout: TestHost.scaled(.seconds(120))) == .guestExit(code: 0))
         let flushed = JournalImage.flushed(in: console.lines)
         #expect(flushed.first == 8 && flushed.last == 10_000)
         #expect(flushed == Array(stride(from: 8, through: 10_000, by: 8)), "every flush reported once, in order")
@@ -29,13 +29,13 @@ struct JournalTests {
         configuration.commandLine = "count=16"
         let second = try Machine(configuration: configuration, console: again.sink)
         try second.start()
-        #expect(second.waitUntilStopped(timeout: .seconds(60)) == .guestExit(code: 0))
+        #expect(second.waitUntilStopped(timeout: TestHost.scaled(.seconds(60))) == .guestExit(code: 0))
         #expect(again.text.contains("journal: found 10000 records"))
         #expect(try JournalImage.recordCount(path: disk) == 10_016)
     }
 }
 
-@Suite("Malformed virtqueues from a guest", .enabled(if: networkTestsAvailable, "needs root, /dev/kvm, /dev/net/tun"), .serialized)
+@Suite("Malformed virtqueues from a guest", .enabled(if: networkTestsAvailable, "needs root, /dev/kvm, /dev/net/tun"), .deadline(minutes: 3), .serialized)
 struct BadQueueTests {
     /// A guest hands virtio-net a looping chain, an address outside RAM, a zero and a
     /// huge length: each is refused (DEVICE_NEEDS_RESET), the VMM stays up, and a
@@ -50,7 +50,7 @@ struct BadQueueTests {
             configuration.network = NetworkConfiguration(tap: tap)
             let machine = try Machine(configuration: configuration, console: console.sink)
             try machine.start()
-            #expect(machine.waitUntilStopped(timeout: .seconds(30)) == .guestExit(code: 0), "\(mode): \(console.text)")
+            #expect(machine.waitUntilStopped(timeout: TestHost.scaled(.seconds(30))) == .guestExit(code: 0), "\(mode): \(console.text)")
             let status = console.lines.first { $0.hasPrefix("badqueue: mode=") }.flatMap { UInt32($0.split(separator: "x").last ?? "", radix: 16) }
             let broken = (status ?? 0) & 0x40 != 0
             #expect(broken == (mode != "ok"), "\(mode): \(console.text)")

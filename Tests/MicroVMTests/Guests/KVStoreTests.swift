@@ -6,7 +6,7 @@ import Testing
 
 /// The kvstore guest (lwIP over virtio-net over a real tap) serving a client in
 /// its own network namespace.
-@Suite("kvstore guest", .enabled(if: networkTestsAvailable, "needs root, /dev/kvm, /dev/net/tun"), .serialized)
+@Suite("kvstore guest", .enabled(if: networkTestsAvailable, "needs root, /dev/kvm, /dev/net/tun"), .deadline(minutes: 3), .serialized)
 struct KVStoreTests {
     static let guestAddress = "10.77.0.2"
 
@@ -34,7 +34,7 @@ struct KVStoreTests {
 
         func stop() {
             machine.requestStop()
-            _ = machine.waitUntilStopped(timeout: .seconds(10))
+            _ = machine.waitUntilStopped(timeout: TestHost.scaled(.seconds(10)))
         }
     }
 

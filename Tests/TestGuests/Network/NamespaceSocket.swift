@@ -29,7 +29,7 @@ public final class NamespaceSocket: @unchecked Sendable {
             }
             let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             guard fd >= 0 else { result.withLock { $0 = .failure(SocketError(call: "socket", errno: errno)) }; return }
-            var tv = timeval(tv_sec: timeout, tv_usec: 0)
+            var tv = timeval(tv_sec: Int(TestHost.seconds(Double(timeout))), tv_usec: 0)
             setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
             setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
             var one: Int32 = 1

@@ -1,0 +1,245 @@
+#!/usr/bin/env bash
+# The KVM box: a machine with a real, hardware-style KVM on any x86-64 host.
+#
+# QEMU's TCG emulates an AMD CPU with SVM and nested paging; Debian's own
+# kernel boots in it and loads kvm-amd, so /dev/kvm works inside, at emulation
+# speed. The box sees the host's root file system read-only (so /opt/swift,
+# the host's libraries and tools are there) and this checkout read-write at its
+# own path; /tmp, /run and /dev/shm are fresh tmpfs. Build outside, run inside.
+#
+#   Scripts/kvm-box.sh [options] [--] COMMAND [ARG...]   run COMMAND in the box
+#   Scripts/kvm-box.sh --prepare                          build the box and stop
+#
+# COMMAND runs as root in the current directory (which must be under / of the
+# host; paths are the same inside); its output streams to this terminal and
+# its exit status is this script's. Exit status 125 means the box itself
+# failed (its log is printed).
+#
+# Options:
+#   --memory SIZE     the box's memory, QEMU syntax (default 8G; $UNDERSTUDY_BOX_MEMORY)
+#   --cpus N          emulated CPUs (default: the host's, at most 4; $UNDERSTUDY_BOX_CPUS)
+#   --env NAME        pass the host's variable NAME into the box (repeatable);
+#                     PATH, HOME, TERM and every UNDERSTUDY_* variable always pass
+#   --prepare         build (or check) the cached kernel and initramfs only
+#   $UNDERSTUDY_BOX_KERNEL_ARGS   more on the box kernel's command line (e.g. loglevel=7)
+#   $UNDERSTUDY_BOX_TCG_THREAD    single (default) or multi: QEMU's TCG threading.
+#       With multi-threaded TCG the box's kernel locked up (soft lockups on both
+#       CPUs, the test stalled) in 2 of 3 runs of randomPointsContinueExactly;
+#       single-threaded, none in 3, at about the same speed.
+#
+# Everything the box is made of comes from Debian packages and is built on
+# first use into $UNDERSTUDY_BOX_CACHE (default ~/.cache/understudy-box), one
+# folder per kernel version; nothing of it is committed. Needs (apt-get
+# install): qemu-system-x86 busybox-static kmod cpio. The kernel package is
+# fetched with `apt-get download` (network to the Debian mirror, first use only).
+set -euo pipefail
+
+say() { echo "kvm-box: $*" >&2; }
+die() { say "$*"; exit 125; }
+
+checkout=$(cd "$(dirname "$0")/.." && pwd)
+cache=${UNDERSTUDY_BOX_CACHE:-${HOME:-/root}/.cache/understudy-box}
+memory=${UNDERSTUDY_BOX_MEMORY:-8G}
+host_cpus=$(nproc)
+cpus=${UNDERSTUDY_BOX_CPUS:-$(( host_cpus < 4 ? host_cpus : 4 ))}
+prepare_only=0
+pass_env=(PATH HOME TERM)
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --memory) memory=$2; shift 2 ;;
+        --cpus) cpus=$2; shift 2 ;;
+        --env) pass_env+=("$2"); shift 2 ;;
+        --prepare) prepare_only=1; shift ;;
+        --help|-h) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --) shift; break ;;
+        -*) die "unknown option $1 (see --help)" ;;
+        *) break ;;
+    esac
+done
+if [ "$prepare_only" = 0 ] && [ $# -eq 0 ]; then die "no command given (see --help)"; fi
+
+# --- What the host needs --------------------------------------------------
+missing=()
+command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
+[ -x /bin/busybox ] && [[ $'\n'$(/bin/busybox --list 2>/dev/null)$'\n' == *$'\n'insmod$'\n'* ]] || missing+=(busybox-static)
+command -v cpio >/dev/null || missing+=(cpio)
+command -v depmod >/dev/null || [ -x /sbin/depmod ] || missing+=(kmod)
+if [ ${#missing[@]} -gt 0 ]; then
+    die "missing Debian packages: ${missing[*]} (apt-get install ${missing[*]})"
+fi
+if ldd /bin/busybox >/dev/null 2>&1; then
+    die "/bin/busybox is dynamically linked; the box needs busybox-static (apt-get install busybox-static)"
+fi
+PATH=$PATH:/sbin:/usr/sbin
+
+# --- The kernel: the one Debian's linux-image-amd64 depends on ------------
+kernel_package=$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9].*\)$/\1/p' | head -n 1)
+if [ -z "$kernel_package" ]; then
+    # Offline and nothing known to apt: use whatever the cache already holds.
+    kernel_package=$(ls -1 "$cache" 2>/dev/null | grep '^linux-image-' | sort -V | tail -n 1 || true)
+    [ -n "$kernel_package" ] || die "cannot tell which kernel to use: apt-cache knows no linux-image-amd64 (run apt-get update) and $cache is empty"
+fi
+version=${kernel_package#linux-image-}
+box=$cache/$kernel_package
+vmlinuz=$box/vmlinuz
+initramfs=$box/initramfs.cpio.gz
+
+# Modules the box loads, in this order, each after its dependencies.
+box_modules=(kvm-amd 9p 9pnet_virtio virtio_pci tun veth bridge sch_netem sch_tbf)
+
+build_box() {
+    say "building the box for $kernel_package in $box (first use only)"
+    rm -rf "$box.tmp" && mkdir -p "$box.tmp"
+    (cd "$box.tmp" && apt-get download "$kernel_package" >/dev/null 2>"$box.tmp/download.log") \
+        || die "apt-get download $kernel_package failed: $(tail -n 3 "$box.tmp/download.log")"
+    dpkg -x "$box.tmp"/"$kernel_package"_*.deb "$box.tmp/kernel"
+    depmod -b "$box.tmp/kernel" "$version"
+    local moddir=$box.tmp/kernel/lib/modules/$version
+    [ -f "$box.tmp/kernel/boot/vmlinuz-$version" ] || die "$kernel_package has no /boot/vmlinuz-$version"
+
+    # Resolve the load order from modules.dep (a module's line lists what it
+    # needs; those are loaded first).
+    local ordered=() seen=" "
+    resolve() {
+        local name=${1//[-_]/[-_]} line path deps dep
+        line=$(grep -E "(^|/)${name}\.ko(\.xz|\.zst|\.gz)?:" "$moddir/modules.dep" | head -n 1 || true)
+        if [ -z "$line" ]; then
+            # Built into the kernel (modules.builtin) is fine; anything else is not.
+            grep -qE "(^|/)${name}\.ko$" "$moddir/modules.builtin" && return 0
+            die "module $1 is neither in modules.dep nor built into $kernel_package"
+        fi
+        path=${line%%:*}
+        deps=${line#*:}
+        case "$seen" in *" $path "*) return 0 ;; esac
+        for dep in $deps; do resolve_path "$dep"; done
+        seen="$seen$path "
+        ordered+=("$path")
+    }
+    resolve_path() {
+        local base; base=$(basename "$1"); base=${base%%.ko*}; resolve "$base"
+    }
+    local m
+    for m in "${box_modules[@]}"; do resolve "$m"; done
+
+    # The initramfs: busybox, the modules (uncompressed), and /init.
+    local root=$box.tmp/initramfs
+    mkdir -p "$root"/{bin,dev,proc,sys,host,modules}
+    cp /bin/busybox "$root/bin/busybox"
+    for m in sh mount umount insmod mkdir chroot sleep cat echo reboot stty ip sync mknod ls; do
+        ln -s busybox "$root/bin/$m"
+    done
+    local i=0 p f
+    : > "$root/modules/order"
+    for p in "${ordered[@]}"; do
+        i=$((i + 1))
+        f=$(printf '%02d-%s' "$i" "$(basename "${p%%.ko*}").ko")
+        case "$p" in
+            *.ko.xz) xz -dc "$moddir/$p" > "$root/modules/$f" ;;
+            *.ko.zst) zstd -qdc "$moddir/$p" > "$root/modules/$f" ;;
+            *.ko.gz) gzip -dc "$moddir/$p" > "$root/modules/$f" ;;
+            *) cp "$moddir/$p" "$root/modules/$f" ;;
+        esac
+        echo "$f" >> "$root/modules/order"
+    done
+    write_init > "$root/init"
+    chmod +x "$root/init"
+    (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$box.tmp/initramfs.cpio.gz"
+    cp "$box.tmp/kernel/boot/vmlinuz-$version" "$box.tmp/vmlinuz"
+    echo "$kernel_package ${ordered[*]}" > "$box.tmp/manifest"
+
+    rm -rf "$box"
+    mkdir -p "$box"
+    mv "$box.tmp/vmlinuz" "$box.tmp/initramfs.cpio.gz" "$box.tmp/manifest" "$box/"
+    rm -rf "$box.tmp"
+    say "box ready: $(cat "$box/manifest")"
+}
+
+# /init of the box. It reads what to run from the "run" share, which the host
+# fills per run: cwd, env, cmd (a shell script). It writes the exit status there.
+write_init() {
+    cat <<'INIT'
+#!/bin/sh
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+stty -F /dev/console raw -echo 2>/dev/null
+fail() { echo "kvm-box(init): $*" > /dev/console; sync; reboot -f; sleep 5; }
+for m in $(cat /modules/order); do
+    insmod /modules/$m > /dev/null 2>&1 || { [ -d /sys/module/$(echo ${m#*-} | sed 's/\.ko$//; s/-/_/g') ] || fail "insmod $m failed"; }
+done
+p9="trans=virtio,version=9p2000.L,msize=512000"
+mount -t 9p -o ro,$p9,cache=loose host /host || fail "mounting the host's root failed"
+mount -t tmpfs -o mode=1777 tmp /host/tmp
+mount -t tmpfs -o mode=755 run /host/run
+mount -t proc proc /host/proc
+mount -t sysfs sys /host/sys
+mount -t devtmpfs dev /host/dev
+mkdir -p /host/dev/shm /host/dev/pts /host/run/box
+mount -t tmpfs -o mode=1777 shm /host/dev/shm
+mount -t devpts -o newinstance,ptmxmode=0666 devpts /host/dev/pts
+mount -t 9p -o $p9 run /host/run/box || fail "mounting the run share failed"
+checkout=$(cat /host/run/box/checkout)
+mount -t 9p -o $p9 work "/host$checkout" || fail "mounting the checkout at $checkout failed"
+[ -e /host/dev/kvm ] || fail "no /dev/kvm in the box (kvm-amd did not load: is SVM emulated?)"
+ip link set lo up
+chroot /host /bin/sh /run/box/cmd < /dev/null > /dev/console 2>&1
+echo $? > /host/run/box/status
+sync
+umount "/host$checkout" /host/run/box 2>/dev/null
+echo 0 > /proc/sys/kernel/printk
+reboot -f
+INIT
+}
+
+if [ ! -f "$vmlinuz" ] || [ ! -f "$initramfs" ]; then
+    build_box
+fi
+if [ "$prepare_only" = 1 ]; then
+    say "box ready in $box"
+    exit 0
+fi
+
+# --- One run --------------------------------------------------------------
+run=$(mktemp -d /tmp/understudy-box.XXXXXX)
+qemu_pid=
+cleanup() {
+    [ -n "$qemu_pid" ] && kill "$qemu_pid" 2>/dev/null
+    rm -rf "$run"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+echo "$checkout" > "$run/checkout"
+{
+    echo "#!/bin/sh"
+    for name in "${pass_env[@]}" $(compgen -e | grep '^UNDERSTUDY_' || true); do
+        [ -n "${!name+x}" ] && printf 'export %s=%q\n' "$name" "${!name}"
+    done
+    echo "export UNDERSTUDY_IN_BOX=1"
+    printf 'cd %q || exit 126\n' "$PWD"
+    printf 'exec'
+    printf ' %q' "$@"
+    printf '\n'
+} > "$run/cmd"
+
+qemu-system-x86_64 \
+    -accel "tcg,thread=${UNDERSTUDY_BOX_TCG_THREAD:-single}" -cpu EPYC,+svm,+npt -smp "$cpus" -m "$memory" \
+    -nodefaults -no-user-config -display none -no-reboot \
+    -chardev stdio,id=console,signal=off -serial chardev:console \
+    -kernel "$vmlinuz" -initrd "$initramfs" \
+    -append "console=ttyS0 quiet loglevel=4 panic=-1 transparent_hugepage=never ${UNDERSTUDY_BOX_KERNEL_ARGS:-}" \
+    -virtfs local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap \
+    -virtfs "local,path=$checkout,mount_tag=work,security_model=none,multidevs=remap" \
+    -virtfs "local,path=$run,mount_tag=run,security_model=none,multidevs=remap" \
+    < /dev/null 2> "$run/qemu.log" &
+qemu_pid=$!
+wait "$qemu_pid" || true
+qemu_pid=
+
+if [ ! -f "$run/status" ]; then
+    grep -v "TCG doesn't support requested feature" "$run/qemu.log" >&2 || true
+    die "the box stopped before the command finished (see the console output above)"
+fi
+exit "$(cat "$run/status")"

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# The test command: builds the package and its tests, builds the C guests, then
+# runs every test where KVM is: natively when /dev/kvm opens here, otherwise
+# inside the KVM box (Scripts/kvm-box.sh), serially. Never silently without KVM.
+#
+#   Scripts/test.sh [swift-testing options, e.g. --filter StateRoundTripTests]
+#
+# Environment:
+#   UNDERSTUDY_TEST_IN_BOX=1   run in the box even where /dev/kvm opens natively
+#                              (the box is how kvm_amd is tested on every host)
+#   UNDERSTUDY_TEST_LOG=FILE   keep the full test output there (default: a temp file)
+#
+# The last lines say where the tests ran, on which KVM, how many passed, failed
+# and were skipped (and why), and how long the run took.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="/opt/swift/usr/bin:$PATH"
+
+say() { echo "test.sh: $*"; }
+
+started=$(date +%s)
+say "building the package and its tests (debug)"
+swift build --build-tests 2>&1 | grep -vE '^\[[0-9]+/[0-9]+\] (Compiling|Write|Emitting|Linking|Applying)' || true
+[ "${PIPESTATUS[0]}" = 0 ] || { say "the build failed"; exit 1; }
+# Executables the process tests start, and the C guests, are built here, outside
+# the box (the box has no network and sees the host read-only).
+swift build --product understudy-primary >/dev/null
+swift build --product understudy-standby >/dev/null
+Scripts/build-guests.sh | tail -n 1
+
+bin=$(swift build --show-bin-path)
+tests=("$bin/UnderstudyPackageTests.xctest" --testing-library swift-testing)
+log=${UNDERSTUDY_TEST_LOG:-$(mktemp /tmp/understudy-tests.XXXXXX.log)}
+
+kvm_opens() { [ -c /dev/kvm ] && { exec 3<>/dev/kvm; } 2>/dev/null && exec 3>&-; }
+kvm_module() {
+    for m in kvm_intel kvm_amd kvm_pvm; do [ -d /sys/module/$m ] && { echo "$m"; return; }; done
+    echo "unknown"
+}
+
+if [ "${UNDERSTUDY_TEST_IN_BOX:-0}" != 1 ] && kvm_opens; then
+    where="natively on this host's /dev/kvm ($(kvm_module))"
+    say "running the tests $where"
+    set +e
+    "${tests[@]}" "$@" 2>&1 | tee "$log"
+    status=${PIPESTATUS[0]}
+    set -e
+else
+    if [ "${UNDERSTUDY_TEST_IN_BOX:-0}" = 1 ]; then
+        reason="UNDERSTUDY_TEST_IN_BOX=1"
+    else
+        reason="/dev/kvm does not open here ($(dmesg 2>/dev/null | grep -m1 -o 'kvm-pvm: cannot run guests natively[^;]*' || echo 'no KVM module bound'))"
+    fi
+    where="inside the KVM box (QEMU TCG, kvm_amd with nested paging), one test at a time"
+    say "$reason: running the tests $where"
+    set +e
+    Scripts/kvm-box.sh -- "${tests[@]}" --no-parallel "$@" 2>&1 | tee "$log"
+    status=${PIPESTATUS[0]}
+    set -e
+fi
+
+# The account of the run.
+plain=$(sed 's/\x1b\[[0-9;]*m//g' "$log")
+count() { grep -cE "$1" <<<"$plain" || true; }
+passed=$(count '^. Test .* passed after')
+failed=$(count '^. Test .* failed after')
+skipped=$(count '^. Test .* skipped')
+suites_skipped=$(grep -E '^. Suite .* skipped' <<<"$plain" || true)
+echo
+echo "================================================================"
+say "ran $where"
+say "$passed passed, $failed failed, $skipped tests skipped; in $(( ($(date +%s) - started) / 60 )) min $(( ($(date +%s) - started) % 60 )) s (build included)"
+if [ -n "$suites_skipped" ]; then
+    say "skipped suites, and why:"
+    sed 's/^/    /' <<<"$suites_skipped"
+fi
+grep -E '^. Test .* skipped' <<<"$plain" | sed 's/^/    /' || true
+if [ "$failed" != 0 ]; then
+    say "failed:"
+    grep -E '^. Test .* failed after' <<<"$plain" | sed 's/^/    /'
+fi
+say "full output: $log"
+if grep -qE 'skipped.*(needs|/dev/kvm|root)' <<<"$plain"; then
+    say "tests that need KVM or root were skipped: on a CI host that is a failure (run as root; the box supplies KVM)"
+    exit 1
+fi
+if [ "$status" = 0 ] && [ "$passed" = 0 ]; then
+    say "no test ran: that is a failure"
+    exit 1
+fi
+exit "$status"
