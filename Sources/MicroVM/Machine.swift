@@ -213,7 +213,7 @@ public final class Machine: @unchecked Sendable {
             memory.bytes[Int(GuestLayout.bootInfo)..<Int(GuestLayout.bootInfo + 4096)].copyBytes(from: info.encoded())
             let cpuid = try kvm.supportedCPUID()
             for (index, vcpu) in vcpus.enumerated() {
-                try vcpu.setCPUID(cpuid)
+                try vcpu.setCPUID(cpuid.forVCPU(index, of: vcpus.count))
                 try vcpu.setSpecialRegisters(GuestLayout.userModeSpecialRegisters(vcpu.specialRegisters()))
                 var regs = kvm_regs()
                 regs.rip = image.entry

@@ -20,6 +20,9 @@ struct WorkloadTests {
             #expect(console.lines(cpu: cpu) == expected, "vCPU \(cpu)")
         }
         #expect(console.lines.count == 40 * vcpus, "no other output")
+        for (index, vcpu) in machine.vcpus.enumerated() {
+            #expect(try vcpu.captureState().cpuid.entry(function: 1)!.ebx >> 24 == UInt32(index), "vCPU \(index)'s CPUID names its own APIC ID")
+        }
     }
 
     @Test func embeddedImageParses() throws {

@@ -35,6 +35,14 @@ public enum TestHost {
     /// `duration` scaled for this host's KVM.
     public static func scaled(_ duration: Duration) -> Duration { duration * slowdown }
 
+    /// How many rounds of a repetitive test to run here: `native` on native KVM;
+    /// on a slower KVM `native / slowdown`, but never fewer than `minimum` (nor more
+    /// than `native`). Every round asserts the same things; tests that scale their
+    /// rounds print how many they ran.
+    public static func rounds(_ native: Int, minimum: Int) -> Int {
+        min(native, max(minimum, Int((Double(native) / slowdown).rounded(.up))))
+    }
+
     /// A line for the test log: which KVM, and the scale applied to waits.
     public static let description: String =
         "KVM: \(kvmModule)\(inBox ? " in the KVM box (emulated)" : ""); waits scaled ×\(slowdown)"
