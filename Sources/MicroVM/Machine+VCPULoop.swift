@@ -115,7 +115,8 @@ extension Machine {
     }
 
     /// Where a vCPU was when it shut down: the registers that tell which exception
-    /// it could not deliver, for the log.
+    /// it could not deliver, for the log. (kvm_amd resets a vCPU when it
+    /// intercepts the shutdown, so there this shows the reset state: rip=0xfff0.)
     static func describeFault(_ vcpu: VCPU) -> String {
         do {
             let regs = try vcpu.registers()

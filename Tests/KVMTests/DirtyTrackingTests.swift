@@ -4,7 +4,7 @@ import Testing
 
 /// A guest writes a known set of pages; the harvest must report exactly those,
 /// then, after clearing, exactly the next set.
-@Suite("Dirty tracking", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 3))
+@Suite("Dirty tracking", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 5))
 struct DirtyTrackingTests {
     static let memorySize = 128 << 20
 

@@ -4,7 +4,7 @@ import CKVM
 import TestGuests
 import Testing
 
-@Suite("Errors", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 3))
+@Suite("Errors", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 5))
 struct ErrorTests {
     @Test func ioctlOnClosedDescriptorNamesIoctlAndErrno() {
         #expect(throws: KVMError.ioctl(name: "KVM_GET_API_VERSION", errno: EBADF)) {

@@ -3,7 +3,7 @@ import KVM
 import TestGuests
 import Testing
 
-@Suite("Exits", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 3))
+@Suite("Exits", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 5))
 struct ExitDecodingTests {
     /// A real-mode guest: port I/O out and in, MMIO write and read, then HLT.
     /// No in-kernel irqchip, so HLT reaches user space.

@@ -3,7 +3,7 @@ import KVM
 import TestGuests
 import Testing
 
-@Suite("Leaving KVM_RUN on request", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 3))
+@Suite("Leaving KVM_RUN on request", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 5))
 struct KickTests {
     /// A spinning guest is made to leave KVM_RUN from another thread, and goes back
     /// in to carry on from where it was, many times over. Each round lets the guest

@@ -4,7 +4,7 @@ import Testing
 
 /// Saved state is untrusted input: damaged bytes are refused with an error that
 /// names the part, never a crash.
-@Suite("State format", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 3))
+@Suite("State format", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 5))
 struct StateFormatTests {
     static func capturedState() throws -> (vcpu: [UInt8], vm: [UInt8]) {
         let machine = try TestMachine(irqchip: true)

@@ -7,7 +7,7 @@ import Testing
 /// it; its memory and full vCPU + VM state go through bytes into a brand-new VM
 /// (new /dev/kvm descriptor, new VM, new vCPU, new memory); there it finishes with
 /// exactly the result of an uninterrupted run.
-@Suite("State round trip", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 3))
+@Suite("State round trip", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 5))
 struct StateRoundTripTests {
     static let iterations = 60_000_000
     static let mask = (1 << 17) - 1            // 1 MiB of qwords

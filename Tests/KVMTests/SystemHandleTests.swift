@@ -3,7 +3,7 @@ import KVM
 import TestGuests
 import Testing
 
-@Suite("System handle", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 3))
+@Suite("System handle", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 5))
 struct SystemHandleTests {
     @Test func apiVersionAndCapabilities() throws {
         let kvm = try KVM()

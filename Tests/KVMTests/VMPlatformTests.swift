@@ -3,7 +3,7 @@ import KVM
 import TestGuests
 import Testing
 
-@Suite("VM platform state", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 3))
+@Suite("VM platform state", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 5))
 struct VMPlatformTests {
     /// Interrupt controllers, PIT and clock go into a second VM and read back the same.
     @Test func chipsAndClockRoundTrip() throws {

@@ -6,7 +6,7 @@ import Testing
 
 /// The checkpoint pause's shortcuts: registers read from kvm_run (KVM_CAP_SYNC_REGS)
 /// and vCPU threads reading their own state while the caller works on.
-@Suite("Checkpoint pause", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 3))
+@Suite("Checkpoint pause", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 5))
 struct CheckpointPauseTests {
     static func bytes<T>(_ value: T) -> [UInt8] { withUnsafeBytes(of: value) { Array($0) } }
 

@@ -4,7 +4,7 @@ import KVM
 import TestGuests
 import Testing
 
-@Suite("Corrupt saved state", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 3))
+@Suite("Corrupt saved state", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 5))
 struct CorruptStateTests {
     static func savedMachine() throws -> (state: [UInt8], memory: [UInt8]) {
         let machine = try Machine(configuration: .init(vcpuCount: 2, memorySize: 16 << 20, commandLine: "every=500"),

@@ -21,7 +21,7 @@ func checkDirtyCompleteness(_ machine: Machine, previous: inout [UInt8], round: 
     return (changed, bitmap.count)
 }
 
-@Suite("Dirty completeness", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 3))
+@Suite("Dirty completeness", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 5))
 struct DirtyCompletenessTests {
     @Test(arguments: [MachineConfiguration.DirtyTracking.bitmap, .ring(entries: 4096)])
     func everyChangedPageIsCollected(tracking: MachineConfiguration.DirtyTracking) throws {

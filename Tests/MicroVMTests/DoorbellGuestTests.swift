@@ -5,7 +5,7 @@ import TestGuests
 import Testing
 
 /// Guests that wait through the doorbell instead of spinning.
-@Suite("Doorbell waits", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 3))
+@Suite("Doorbell waits", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 5))
 struct DoorbellGuestTests {
     /// Waits for an event (WAIT_NS 0), reads EVENTS, exits with them as the code.
     static let waitForEvent: [UInt8] = [
@@ -70,7 +70,7 @@ struct DoorbellGuestTests {
     }
 }
 
-@Suite("Guest memory", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 3))
+@Suite("Guest memory", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 5))
 struct GuestMemoryTests {
     /// RAM split over several KVM slots works like one, and dirty logging can be
     /// switched on and off while the guest runs.

@@ -14,7 +14,7 @@ func memfdInUse(_ name: String) -> Bool {
     return linked || maps.contains("memfd:\(name) ")
 }
 
-@Suite("Guests that misbehave", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 3), .serialized)
+@Suite("Guests that misbehave", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 5), .serialized)
 struct FaultTests {
     /// Each runs as a raw image at 0x100000 and must end the machine with the given reason.
     static let cases: [(String, [UInt8], @Sendable (StopReason?) -> Bool)] = [

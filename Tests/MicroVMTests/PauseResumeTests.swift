@@ -12,7 +12,7 @@ func microseconds(_ values: [Duration], percentile: Double) -> Double {
     return Double(d.seconds) * 1e6 + Double(d.attoseconds) / 1e12
 }
 
-@Suite("Pause and resume", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 3))
+@Suite("Pause and resume", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 5))
 struct PauseResumeTests {
     /// 1000 pause/resume cycles while the workload runs on two vCPUs: every line
     /// it prints is still exactly the computed one.

@@ -4,7 +4,7 @@ import KVM
 import TestGuests
 import Testing
 
-@Suite("Save and restore", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 3))
+@Suite("Save and restore", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 5))
 struct SaveRestoreTests {
     static let options = "pages=24 wss=600 every=1500"
 

@@ -4,7 +4,7 @@ import KVM
 import TestGuests
 import Testing
 
-@Suite("Workload guest", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 3))
+@Suite("Workload guest", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 5))
 struct WorkloadTests {
     @Test(arguments: [1, 2])
     func printsExactlyTheComputedSequence(vcpus: Int) throws {

@@ -21,7 +21,7 @@ final class Lines: @unchecked Sendable {
 
 func memoryDigest(_ machine: Machine) -> UInt32 { ckvm_crc32c(0, machine.memory.base, machine.memory.size) }
 
-@Suite("Checkpoint engine", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 3), .serialized)
+@Suite("Checkpoint engine", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 10), .serialized)
 struct CheckpointEngineTests {
     /// After every checkpoint the replica's memory is byte-identical to the guest's
     /// memory at that checkpoint (CRC-32C of all RAM), for dirty rates from almost

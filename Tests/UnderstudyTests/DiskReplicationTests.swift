@@ -16,7 +16,7 @@ func fileDigest(_ path: String) throws -> UInt32 {
 
 /// Block writes replicated with their checkpoint (DESIGN.md invariant 4), with
 /// the journal guest appending and flushing records on a real virtio-blk disk.
-@Suite("Disk replication", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 3), .serialized)
+@Suite("Disk replication", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 5), .serialized)
 struct DiskReplicationTests {
     /// A journal machine on `image`, its writes recorded in a `DiskWriteLog`.
     static func journal(image: String, options: String = "flush_every=4") throws -> (Machine, DiskWriteLog) {

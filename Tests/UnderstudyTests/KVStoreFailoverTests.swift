@@ -11,7 +11,7 @@ import Testing
 /// primary is then killed without warning and the replica resumed in a new
 /// machine on the same tap: the client's connection carries on and every value
 /// it was told is stored reads back.
-@Suite("kvstore failover from the replica", .enabled(if: networkTestsAvailable, "needs root, /dev/kvm, /dev/net/tun"), .deadline(minutes: 3), .serialized)
+@Suite("kvstore failover from the replica", .enabled(if: networkTestsAvailable, "needs root, /dev/kvm, /dev/net/tun"), .deadline(minutes: 5), .serialized)
 struct KVStoreFailoverTests {
     @Test func everyAcknowledgedValueSurvives() throws {
         let network = try TestNetwork()

@@ -8,7 +8,7 @@ import Testing
 /// network namespace keep TCP connections busy; the primary is killed with
 /// SIGKILL; the same connections carry on against the standby (no reset, no
 /// reconnect) and everything a client was told stays true.
-@Suite("kvstore replication across processes", .enabled(if: networkTestsAvailable, "needs root, /dev/kvm, /dev/net/tun"), .deadline(minutes: 3), .serialized)
+@Suite("kvstore replication across processes", .enabled(if: networkTestsAvailable, "needs root, /dev/kvm, /dev/net/tun"), .deadline(minutes: 10), .serialized)
 struct KVStoreReplicationProcessTests {
     struct ClientResult: Sendable {
         var acknowledged: [Int] = []

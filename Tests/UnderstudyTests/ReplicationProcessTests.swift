@@ -4,7 +4,7 @@ import Testing
 
 /// Primary and standby as separate processes on loopback, the built-in
 /// workload guest, and failures made with SIGKILL.
-@Suite("Replication across processes", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 3), .serialized)
+@Suite("Replication across processes", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 10), .serialized)
 struct ReplicationProcessTests {
     static let workload = (pages: 16, wss: 256, every: 5000)
     static let cmdline = "pages=\(workload.pages) wss=\(workload.wss) every=\(workload.every)"
@@ -135,7 +135,7 @@ struct ReplicationProcessTests {
 /// image on each side; SIGKILL the primary at random moments: every record the
 /// world was told is flushed is on the standby's image, intact, and the guest
 /// keeps appending there.
-@Suite("Disk replication across processes", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 3), .serialized)
+@Suite("Disk replication across processes", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 10), .serialized)
 struct DiskReplicationProcessTests {
     static var runs: Int { Int(ProcessInfo.processInfo.environment["UNDERSTUDY_DISK_FAILOVER_RUNS"] ?? "") ?? 4 }
 

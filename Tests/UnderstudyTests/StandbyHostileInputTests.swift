@@ -37,7 +37,7 @@ final class CollectedLog: @unchecked Sendable {
 /// connection is dropped; the committed replica is exactly checkpoint 3, and a
 /// guest resumed from it (on the replica's own memory, as in a failover)
 /// prints exactly what the original would have.
-@Suite("Standby under hostile input", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 3), .serialized)
+@Suite("Standby under hostile input", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 10), .serialized)
 struct StandbyHostileInputTests {
     enum Attack: String, CaseIterable, Sendable {
         case randomBytes, truncatedCheckpoint, badChecksum, wrongVersion, replayedCheckpoint, pageBeyondMemory,
@@ -202,7 +202,7 @@ struct StandbyHostileInputTests {
 /// The primary does not trust its standby either: an acknowledgement of a
 /// checkpoint it has not sent whole (or out of order) releases nothing and ends
 /// the session.
-@Suite("Primary under a hostile standby", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 3), .serialized)
+@Suite("Primary under a hostile standby", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 10), .serialized)
 struct PrimaryHostileStandbyTests {
     @Test func earlyAcknowledgementReleasesNothing() throws {
         let log = CollectedLog()

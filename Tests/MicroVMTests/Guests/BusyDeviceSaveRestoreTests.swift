@@ -8,7 +8,7 @@ import Testing
 /// Save/restore while devices are busy: the machine is paused mid-exchange,
 /// snapshotted, stopped, and resumed by `understudy-primary` in a new process
 /// that takes over the same tap (and disk). The client's TCP connection carries on.
-@Suite("Busy devices across processes", .enabled(if: networkTestsAvailable, "needs root, /dev/kvm, /dev/net/tun"), .deadline(minutes: 3), .serialized)
+@Suite("Busy devices across processes", .enabled(if: networkTestsAvailable, "needs root, /dev/kvm, /dev/net/tun"), .deadline(minutes: 5), .serialized)
 struct BusyDeviceSaveRestoreTests {
     /// Starts `understudy-primary --restore` on `snapshot` with the given host devices.
     static func resume(snapshot: String, tap: String, disk: String?, console: ConsoleBuffer) throws -> Process {

@@ -4,7 +4,7 @@ import KVM
 import TestGuests
 import Testing
 
-@Suite("journal guest", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 3), .serialized)
+@Suite("journal guest", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 5), .serialized)
 struct JournalTests {
     /// 10,000 records and a clean stop: the image holds exactly the records the
     /// guest reported as flushed, checked by reading the image from the host.
@@ -35,7 +35,7 @@ struct JournalTests {
     }
 }
 
-@Suite("Malformed virtqueues from a guest", .enabled(if: networkTestsAvailable, "needs root, /dev/kvm, /dev/net/tun"), .deadline(minutes: 3), .serialized)
+@Suite("Malformed virtqueues from a guest", .enabled(if: networkTestsAvailable, "needs root, /dev/kvm, /dev/net/tun"), .deadline(minutes: 5), .serialized)
 struct BadQueueTests {
     /// A guest hands virtio-net a looping chain, an address outside RAM, a zero and a
     /// huge length: each is refused (DEVICE_NEEDS_RESET), the VMM stays up, and a

@@ -6,7 +6,7 @@ import Testing
 
 /// The kvstore guest (lwIP over virtio-net over a real tap) serving a client in
 /// its own network namespace.
-@Suite("kvstore guest", .enabled(if: networkTestsAvailable, "needs root, /dev/kvm, /dev/net/tun"), .deadline(minutes: 3), .serialized)
+@Suite("kvstore guest", .enabled(if: networkTestsAvailable, "needs root, /dev/kvm, /dev/net/tun"), .deadline(minutes: 5), .serialized)
 struct KVStoreTests {
     static let guestAddress = "10.77.0.2"
 
