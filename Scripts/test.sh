@@ -76,7 +76,7 @@ fi
 # The account of the run.
 plain=$(sed 's/\x1b\[[0-9;]*m//g' "$log")
 count() { grep -cE "$1" <<<"$plain" || true; }
-passed=$(count '^. Test .* passed after')
+passed=$(count '^. Test [^r].* passed after|^. Test r[^u].* passed after')
 failed=$(count '^. Test .* failed after|^. DEADLINE: ')
 skipped=$(count '^. Test .* skipped')
 suites_skipped=$(grep -E '^. Suite .* skipped' <<<"$plain" || true)
