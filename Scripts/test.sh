@@ -23,8 +23,11 @@ say() { echo "test.sh: $*"; }
 
 started=$(date +%s)
 say "building the package and its tests (debug)"
-swift build --build-tests 2>&1 | grep -vE '^\[[0-9]+/[0-9]+\] (Compiling|Write|Emitting|Linking|Applying)' || true
-[ "${PIPESTATUS[0]}" = 0 ] || { say "the build failed"; exit 1; }
+set +e
+swift build --build-tests 2>&1 | grep -vE '^\[[0-9]+/[0-9]+\] (Compiling|Write|Emitting|Linking|Applying)'
+build_status=${PIPESTATUS[0]}
+set -e
+[ "$build_status" = 0 ] || { say "the build failed (output above)"; exit 1; }
 # Executables the process tests start, and the C guests, are built here, outside
 # the box (the box has no network and sees the host read-only).
 swift build --product understudy-primary >/dev/null
