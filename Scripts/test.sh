@@ -22,19 +22,38 @@ export PATH="/opt/swift/usr/bin:$PATH"
 say() { echo "test.sh: $*"; }
 
 started=$(date +%s)
-say "building the package and its tests (debug)"
+kvm_opens() { [ -c /dev/kvm ] && { exec 3<>/dev/kvm; } 2>/dev/null && exec 3>&-; }
+kvm_module() {
+    for m in kvm_intel kvm_amd kvm_pvm; do [ -d /sys/module/$m ] && { echo "$m"; return; }; done
+    echo "unknown"
+}
+in_box=0
+if [ "${UNDERSTUDY_TEST_IN_BOX:-0}" = 1 ] || ! kvm_opens; then in_box=1; fi
+
+# Natively: the debug build. For the box: an optimised build with testing
+# enabled, in its own scratch path (.build-box): everything in the box is
+# emulated, the test's own host-side code too, and debug code there is ~3x
+# slower (Docs/Testing.md has the figures).
+if [ "$in_box" = 1 ]; then
+    build=(swift build -c release -Xswiftc -enable-testing --scratch-path .build-box)
+    say "building the package and its tests (release, testing enabled, for the box)"
+else
+    build=(swift build)
+    say "building the package and its tests (debug)"
+fi
 set +e
-swift build --build-tests 2>&1 | grep -vE '^\[[0-9]+/[0-9]+\] (Compiling|Write|Emitting|Linking|Applying)'
+"${build[@]}" --build-tests 2>&1 | grep -vE '^\[[0-9]+/[0-9]+\] (Compiling|Write|Emitting|Linking|Applying)'
 build_status=${PIPESTATUS[0]}
 set -e
 [ "$build_status" = 0 ] || { say "the build failed (output above)"; exit 1; }
-# Executables the process tests start, and the C guests, are built here, outside
-# the box (the box has no network and sees the host read-only).
-swift build --product understudy-primary >/dev/null
-swift build --product understudy-standby >/dev/null
+# Executables the process tests start (found next to the test bundle), and the
+# C guests, are built here, outside the box (the box has no network and sees
+# the host read-only).
+"${build[@]}" --product understudy-primary >/dev/null
+"${build[@]}" --product understudy-standby >/dev/null
 Scripts/build-guests.sh | tail -n 1
 
-bin=$(swift build --show-bin-path)
+bin=$("${build[@]}" --show-bin-path)
 tests=("$bin/UnderstudyPackageTests.xctest" --testing-library swift-testing)
 skip=()
 log=${UNDERSTUDY_TEST_LOG:-$(mktemp /tmp/understudy-tests.XXXXXX.log)}
@@ -44,13 +63,7 @@ log=${UNDERSTUDY_TEST_LOG:-$(mktemp /tmp/understudy-tests.XXXXXX.log)}
 # same promise (Docs/Testing.md says which). A regular expression for --skip.
 box_skips='replicaMatchesGuestAtEveryCheckpoint'
 
-kvm_opens() { [ -c /dev/kvm ] && { exec 3<>/dev/kvm; } 2>/dev/null && exec 3>&-; }
-kvm_module() {
-    for m in kvm_intel kvm_amd kvm_pvm; do [ -d /sys/module/$m ] && { echo "$m"; return; }; done
-    echo "unknown"
-}
-
-if [ "${UNDERSTUDY_TEST_IN_BOX:-0}" != 1 ] && kvm_opens; then
+if [ "$in_box" = 0 ]; then
     where="natively on this host's /dev/kvm ($(kvm_module))"
     say "running the tests $where"
     set +e
