@@ -26,3 +26,9 @@ int ckvm_tap_open(const char *name) {
 int ckvm_enter_network_namespace(int fd) {
     return setns(fd, CLONE_NEWNET);
 }
+
+#include <linux/falloc.h>
+
+int ckvm_punch_hole(int fd, long long offset, long long length) {
+    return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)offset, (off_t)length);
+}

@@ -43,7 +43,7 @@ public enum ConsoleRunner {
     /// standby they are released when their checkpoint is acknowledged; without
     /// one they pass straight through.
     public static func run(_ source: Source, protection: Protection = .unprotected, logger: Logger) throws(MachineError) -> Int32 {
-        let world = WorldOutput()
+        let world = WorldOutput(logger: logger)
         let output = OutputBuffer(protected: { if case .standby = protection { true } else { false } }()) { kind, bytes in
             world.release(kind, bytes)
         }
@@ -78,7 +78,12 @@ public enum ConsoleRunner {
                 block.flushHook = { log.flush() }
                 configuration.disk = log
             }
-            primary = ReplicationPrimary(machine: machine, output: output, configuration: configuration, logger: logger)
+            let replication = ReplicationPrimary(machine: machine, output: output, configuration: configuration, logger: logger)
+            replication.hostFaultHandler = { [weak machine] reason in
+                logger.critical("stopping the guest on this host: \(reason)")
+                machine?.requestStop()
+            }
+            primary = replication
         } else {
             primary = nil
         }
@@ -87,7 +92,7 @@ public enum ConsoleRunner {
         return try runToEnd(machine, logger: logger, onSignal: { primary?.stop(reason: "the primary was told to stop") }) { () throws(MachineError) in
             do { try primary?.start() } catch { throw .invalidConfiguration("\(error)") }
         } stopping: { reason in
-            primary?.stop(reason: "\(reason)")
+            primary?.end(after: reason)
         }
     }
 
@@ -124,19 +129,6 @@ public enum ConsoleRunner {
         default:
             logger.error("machine failed: \(reason)")
             return 1
-        }
-    }
-}
-
-/// Where released output goes: console bytes to standard output, frames to the tap.
-final class WorldOutput: @unchecked Sendable {
-    var tap: Tap?
-    private let standardOutput = FileHandle.standardOutput
-
-    func release(_ kind: OutputRecord.Kind, _ bytes: [UInt8]) {
-        switch kind {
-        case .console: standardOutput.write(Data(bytes))
-        case .network: bytes.withUnsafeBytes { _ = tap?.write($0) }
         }
     }
 }

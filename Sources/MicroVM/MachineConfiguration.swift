@@ -105,6 +105,18 @@ public enum StopReason: Sendable, Equatable, CustomStringConvertible {
     /// A host-side call failed while running this vCPU.
     case hostError(vcpu: Int, error: String)
 
+    /// Whether the stop is this host's fault rather than the guest's: KVM_RUN or
+    /// another host call failed, VM entry failed, KVM could not handle an exit.
+    /// A protected guest that stops so is taken over by its standby (the guest
+    /// itself is fine there); one that exits or faults by itself is not (it
+    /// would do the same again).
+    public var isHostFault: Bool {
+        switch self {
+        case .hostError, .failEntry, .internalError: true
+        case .guestExit, .requested, .shutdown, .badAccess, .unexpectedExit: false
+        }
+    }
+
     public var description: String {
         switch self {
         case .guestExit(let code): "guest exited with code \(code)"

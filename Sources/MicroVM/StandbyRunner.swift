@@ -52,7 +52,7 @@ public enum StandbyRunner {
             logger.info("the primary ended the session; nothing to take over")
             return 0
         case .primaryLost:
-            let world = WorldOutput()
+            let world = WorldOutput(logger: logger)
             let machine = try Failover.activate(receiver, options: options, world: world, logger: logger)
             return try ConsoleRunner.runToEnd(machine, logger: logger)
         }

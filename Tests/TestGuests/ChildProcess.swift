@@ -36,7 +36,9 @@ public final class ChildProcess: @unchecked Sendable {
         return FileManager.default.isExecutableFile(atPath: release) ? release : nil
     }
 
-    public init(_ name: String, _ arguments: [String]) throws {
+    /// With `closingStandardOutput`, the read end of the child's standard
+    /// output is closed as soon as it starts (a reader that went away).
+    public init(_ name: String, _ arguments: [String], closingStandardOutput: Bool = false) throws {
         guard let path = Self.executable(name) else { throw CocoaError(.fileNoSuchFile, userInfo: [NSFilePathErrorKey: name]) }
         process.executableURL = URL(fileURLWithPath: path)
         process.arguments = arguments
@@ -48,6 +50,10 @@ public final class ChildProcess: @unchecked Sendable {
         out.fileHandleForReading.readabilityHandler = { stdout.append($0.availableData) }
         err.fileHandleForReading.readabilityHandler = { stderr.append($0.availableData) }
         try process.run()
+        if closingStandardOutput {
+            out.fileHandleForReading.readabilityHandler = nil
+            try out.fileHandleForReading.close()
+        }
     }
 
     deinit {

@@ -1,3 +1,5 @@
+import Foundation
+import Glibc
 import KVM
 import TestGuests
 import Testing
@@ -21,7 +23,7 @@ struct ReplicaImageTests {
         deinit { memory.deallocate() }
 
         /// Scribbles on `dirty` pages and returns the encoded checkpoint of them (all pages the first time).
-        func next(dirty: [Int]) -> Checkpoint {
+        func next(dirty: [Int], disk: [UInt8] = []) -> Checkpoint {
             let bitmap = DirtyBitmap(pageCount: ReplicaImageTests.pages)
             for page in dirty {
                 for _ in 0..<4 {
@@ -30,7 +32,7 @@ struct ReplicaImageTests {
                 bitmap[page] = true
             }
             if sequence == 0 { for i in 0..<ReplicaImageTests.pages { bitmap[i] = true } }
-            staged.fill(sequence: sequence, isFull: sequence == 0, dirty: bitmap, memory: memory, state: [1, 2, UInt8(sequence & 0xFF)])
+            staged.fill(sequence: sequence, isFull: sequence == 0, dirty: bitmap, memory: memory, state: [1, 2, UInt8(sequence & 0xFF)], disk: disk)
             sequence += 1
             return encoder.encode(staged)
         }
@@ -109,5 +111,58 @@ struct ReplicaImageTests {
         }
         #expect(encoder.cache.memoryBytes == 8 * pageSize)
         #expect(encoder.encodingCounts[Int(PageEncoding.xorZeroRun.rawValue)] > 0)
+    }
+
+    /// The disk half of a commit fails part way (a real ENOSPC: the standby's
+    /// image lives on a 64 KiB tmpfs): the writes already made are undone, the
+    /// image is still checkpoint 0, memory too, and it can still be taken over
+    /// from; the next checkpoint that fits applies.
+    @Test(.enabled(if: getuid() == 0, "needs root to mount a small tmpfs"))
+    func diskFailureInTheMiddleOfAnApplyIsUndone() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("understudy-enospc-\(getpid())").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        guard mount("tmpfs", directory, "tmpfs", 0, "size=64k") == 0 else {
+            Issue.record("mount tmpfs failed: errno \(errno)")
+            return
+        }
+        defer { umount2(directory, Int32(MNT_DETACH)) }
+        let path = directory + "/replica.img"
+        let before = [UInt8](repeating: 0xA5, count: 16 << 10)
+        #expect(FileManager.default.createFile(atPath: path, contents: Data(before)))
+        #expect(truncate(path, 1 << 20) == 0)
+
+        let source = Source()
+        let replica = try ReplicaImage(memorySize: Self.pages * pageSize)
+        replica.disk = try ReplicaDisk(path: path)
+        try replica.apply(source.next(dirty: []))
+        let memoryAtZero = image(replica)
+
+        var writes: [UInt8] = []
+        [UInt8](repeating: 0x11, count: 4096).withUnsafeBytes { DiskRecord.appendWrite(offset: 0, $0, to: &writes) }
+        [UInt8](repeating: 0x22, count: 128 << 10).withUnsafeBytes { DiskRecord.appendWrite(offset: 512 << 10, $0, to: &writes) }
+        DiskRecord.appendFlush(to: &writes)
+        let tooBig = source.next(dirty: [3, 4], disk: writes)
+        #expect {
+            try replica.apply(tooBig)
+        } throws: { error in
+            guard case ReplicaImage.ApplyError.diskFailed(let reason) = error else { return false }
+            return reason.contains("errno \(ENOSPC)") && reason.contains("undone")
+        }
+        let disk = try ReplicaDisk(path: path)
+        #expect(try disk.read(offset: 0, count: before.count) == before, "the first write was undone")
+        #expect(try disk.read(offset: 512 << 10, count: 128 << 10).allSatisfy { $0 == 0 }, "the torn write was undone")
+        #expect(image(replica) == memoryAtZero, "memory is still checkpoint 0")
+        #expect(replica.committedSequence == 0)
+        #expect(replica.isIntact)
+
+        // With room again, the same checkpoint commits whole: nothing of it was half-applied.
+        #expect(mount("tmpfs", directory, "tmpfs", UInt(MS_REMOUNT), "size=1m") == 0, "remount: errno \(errno)")
+        try replica.apply(tooBig)
+        #expect(replica.committedSequence == 1)
+        #expect(image(replica) == source.digest)
+        #expect(try disk.read(offset: 0, count: 4096) == [UInt8](repeating: 0x11, count: 4096))
+        #expect(try disk.read(offset: 4096, count: 4096) == Array(before[4096..<8192]))
+        #expect(try disk.read(offset: 512 << 10, count: 128 << 10) == [UInt8](repeating: 0x22, count: 128 << 10))
     }
 }

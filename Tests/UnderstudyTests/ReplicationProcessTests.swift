@@ -118,6 +118,23 @@ struct ReplicationProcessTests {
                                                                         every: Self.workload.every, count: 30))
     }
 
+    /// The primary's standard output is a pipe nobody reads any more: writing
+    /// the guest's console fails with EPIPE. That is an error in the log, not
+    /// a SIGPIPE that kills the only copy of the guest: it runs to its end
+    /// (exit code 0), and the standby is told goodbye.
+    @Test func closedStandardOutputIsAnErrorNotACrash() throws {
+        let (standby, port) = try Self.standby()
+        let primary = try ChildProcess("understudy-primary", ["--standby", "127.0.0.1:\(port)", "--memory", "32M", "--epoch", "5ms",
+                                                              "--cmdline", Self.cmdline + " count=30"], closingStandardOutput: true)
+        #expect(primary.waitForExit(timeout: 120))
+        #expect(primary.process.terminationReason == .exit, "the primary was not killed by a signal: \(primary.standardError.text)")
+        #expect(primary.exitStatus == 0, "the guest's own exit code: \(primary.standardError.text)")
+        #expect(primary.standardError.text.contains("could not be written to standard output"), "\(primary.standardError.text)")
+        #expect(primary.standardError.text.contains("Broken pipe"), "\(primary.standardError.text)")
+        #expect(standby.waitForExit(timeout: 30), "the standby exits after goodbye: \(standby.standardError.text)")
+        #expect(!standby.standardError.text.contains("taking over"), "standby: \(standby.standardError.text)")
+    }
+
     /// An orderly stop of the primary: the standby is told goodbye and does not take over.
     @Test func orderlyStopIsNotAFailover() throws {
         let (standby, port) = try Self.standby()

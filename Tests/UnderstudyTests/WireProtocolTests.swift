@@ -45,13 +45,17 @@ struct WireProtocolTests {
     }
 
     @Test func helloRoundTripsAndRefusesOtherVersions() throws {
-        let hello = Hello(session: Hello.newSession(), memorySize: 256 << 20, devices: [.network], epochMicroseconds: 5000,
-                          mac: [0x52, 0x54, 0, 1, 2, 3])
+        let hello = Hello(session: Hello.newSession(), guest: Hello.newSession(), memorySize: 256 << 20, devices: [.network], epochMicroseconds: 5000,
+                          mac: [0x52, 0x54, 0, 1, 2, 3], flags: .resume)
+        #expect(hello.payload.count == Hello.payloadSize)
         #expect(try Hello(payload: hello.payload) == hello)
         var other = hello
         other.version = 9
-        #expect(throws: WireError.refused("protocol version 9, this side speaks version 1")) { try Hello(payload: other.payload) }
+        #expect(throws: WireError.refused("protocol version 9, this side speaks version \(Hello.protocolVersion)")) { try Hello(payload: other.payload) }
         #expect(throws: WireError.self) { try Hello(payload: Array(hello.payload.dropLast())) }
+        var unknownFlag = hello.payload
+        unknownFlag[2] |= 0x80
+        #expect(throws: WireError.malformed("hello flags 0x81")) { try Hello(payload: unknownFlag) }
     }
 
     @Test func checkpointBeginBoundsAreEnforced() throws {
@@ -99,6 +103,65 @@ struct WireProtocolTests {
         #expect(released.withLock { $0 } == [[1], [2, 2], [3], [4]])
         hold(.console, [5])
         #expect(released.withLock { $0 }.last == [5])
+    }
+
+    /// The released-through mark a primary sends is never ahead of the world:
+    /// while epoch 0's output is still being written out, the mark says none.
+    @Test func releasedMarkFollowsTheRelease() throws {
+        let inRelease = DispatchSemaphore(value: 0), proceed = DispatchSemaphore(value: 0)
+        let buffer = OutputBuffer { _, _ in inRelease.signal(); proceed.wait() }
+        [UInt8]([1]).withUnsafeBytes { buffer.hold(.console, $0) }
+        _ = buffer.closeEpoch(0)
+        let committed = DispatchSemaphore(value: 0)
+        Thread.detachNewThread { buffer.commit(upTo: 0); committed.signal() }
+        inRelease.wait()
+        #expect(buffer.releasedThrough == nil, "epoch 0 is acknowledged but its output is not out yet")
+        proceed.signal()
+        committed.wait()
+        #expect(buffer.releasedThrough == 0)
+        buffer.protect()
+        #expect(buffer.releasedThrough == nil, "a new session starts with nothing released")
+    }
+
+    /// Output held before the first session (the boot banner, everything while
+    /// connecting), and output of a session that ended unacknowledged, travels in
+    /// the new session's checkpoint 0, so a standby that commits 0 can release it.
+    @Test func heldOutputTravelsInTheNextSessionsFirstCheckpoint() throws {
+        let released = Mutex<[[UInt8]]>([])
+        let buffer = OutputBuffer { _, bytes in released.withLock { $0.append(bytes) } }
+        func hold(_ bytes: [UInt8]) { bytes.withUnsafeBytes { buffer.hold(.console, $0) } }
+        hold([1])                         // before any session
+        buffer.protect()
+        hold([2])
+        #expect(try OutputRecord.decode(buffer.closeEpoch(0)).map(\.bytes) == [[1], [2]])
+        hold([3])
+        _ = buffer.closeEpoch(1)
+        buffer.commit(upTo: 0)
+        #expect(released.withLock { $0 } == [[1], [2]])
+        // The session ends before 1 is acknowledged; a new one starts.
+        buffer.protect()
+        hold([4])
+        #expect(try OutputRecord.decode(buffer.closeEpoch(0)).map(\.bytes) == [[3], [4]], "epoch 1's output rides in the new checkpoint 0")
+        buffer.commit(upTo: 0)
+        #expect(released.withLock { $0 } == [[1], [2], [3], [4]])
+    }
+
+    /// Console output is bounded like network output. Past the bound it is
+    /// dropped and counted, and once there is room a line says how much was lost.
+    @Test func consoleOutputIsBoundedAndTheLossIsSaid() throws {
+        let released = Mutex<[UInt8]>([])
+        let buffer = OutputBuffer(capacityBytes: 1000, consoleCapacityBytes: 300) { _, bytes in released.withLock { $0 += bytes } }
+        let line = [UInt8](repeating: 0x61, count: 95)
+        for _ in 0..<5 { line.withUnsafeBytes { buffer.hold(.console, $0) } }
+        #expect(buffer.bytesHeld == 300, "three 95-byte items and their headers")
+        #expect(buffer.consoleBytesDropped == 190)
+        #expect(try OutputRecord.decode(buffer.closeEpoch(0)).count == 3, "what a checkpoint carries stays within the bound")
+        buffer.commit(upTo: 0)
+        [UInt8]([0x62]).withUnsafeBytes { buffer.hold(.console, $0) }
+        _ = buffer.closeEpoch(1)
+        buffer.commit(upTo: 1)
+        let text = String(decoding: released.withLock { $0 }, as: UTF8.self)
+        #expect(text.hasSuffix("[understudy: 190 bytes of console output dropped: held output reached its bound of 300 bytes while the standby fell behind]\nb"), "\(text)")
     }
 
     @Test func announcementFrames() {

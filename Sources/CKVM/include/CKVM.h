@@ -189,6 +189,9 @@ int ckvm_tap_open(const char *name);
 /// CLONE_NEWNET). Returns 0 or -1 with errno. Used by tools and tests that talk
 /// to guests on private test networks.
 int ckvm_enter_network_namespace(int fd);
+/// Deallocates [offset, offset+length) of a file, keeping its size (it reads
+/// as zeros): fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE). -1 and errno on failure.
+int ckvm_punch_hole(int fd, long long offset, long long length);
 
 // MARK: - CRC-32C (Castagnoli), hardware-accelerated where the CPU has SSE4.2
 

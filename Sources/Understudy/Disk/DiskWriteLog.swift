@@ -14,6 +14,13 @@ import Glibc
 /// contents of every extent written during it, read from the image while the
 /// guest is paused, so no write is missed.
 ///
+/// Until a standby acknowledges a checkpoint, the extents its epoch wrote are
+/// remembered (offsets and lengths only). When a session ends for a resync,
+/// the standby's disk is still at its last committed checkpoint; the next
+/// session (`beginResync()`) then sends the current contents of every extent
+/// written since the last acknowledged checkpoint with its full image, instead
+/// of the whole disk.
+///
 /// Bounded: an epoch's records are capped at `recordCap` (32 MiB); past the cap
 /// the epoch's writes collapse into extents, re-read from the image at the
 /// checkpoint (same result, no extra memory). A checkpoint carries at most
@@ -31,6 +38,13 @@ public final class DiskWriteLog: @unchecked Sendable {
     private var tracking = false
     /// Off without a standby: nothing is kept.
     private var recording = false
+    /// Extents of the open epoch (records or tracked).
+    private var epochExtents: [(UInt64, Int)] = []
+    /// Extents of this session's closed, unacknowledged epochs, by sequence.
+    private var unacknowledged: [(sequence: UInt64, extents: [(UInt64, Int)])] = []
+    /// Extents written since the last acknowledged checkpoint of an earlier
+    /// session that ended for a resync.
+    private var carried: [(UInt64, Int)] = []
     /// Bytes of writes recorded per epoch, for statistics (the latest closed epoch).
     public private(set) var lastEpochBytes = 0
 
@@ -44,6 +58,7 @@ public final class DiskWriteLog: @unchecked Sendable {
     public func write(offset: UInt64, _ bytes: UnsafeRawBufferPointer) {
         lock.withLock {
             guard recording else { return }
+            epochExtents.append((offset, bytes.count))
             if tracking || records.count + bytes.count + 13 > Self.recordCap {
                 extents.append((offset, bytes.count))
                 tracking = true
@@ -67,6 +82,9 @@ public final class DiskWriteLog: @unchecked Sendable {
             flushed = false
             records.removeAll()
             extents.removeAll()
+            epochExtents.removeAll()
+            unacknowledged.removeAll()
+            carried.removeAll()
         }
     }
 
@@ -76,9 +94,51 @@ public final class DiskWriteLog: @unchecked Sendable {
         lock.withLock {
             records.removeAll()
             extents.removeAll()
+            epochExtents.removeAll()
+            unacknowledged.removeAll()
+            carried.removeAll()
             tracking = true
             recording = true
             flushed = false
+        }
+    }
+
+    /// Checkpoint `sequence` of the current session is committed on the standby:
+    /// its epoch's extents, and those of every epoch before it, need not be
+    /// resent by a resync any more.
+    public func acknowledge(through sequence: UInt64) {
+        lock.withLock {
+            unacknowledged.removeAll { $0.sequence <= sequence }
+            carried.removeAll()
+        }
+    }
+
+    /// The session ended for a resync: what was written since the last
+    /// acknowledged checkpoint is carried to the next session.
+    public func endSessionForResync() {
+        lock.withLock {
+            carried += unacknowledged.flatMap(\.extents) + epochExtents
+            carried = Self.merged(carried)
+            unacknowledged.removeAll()
+            epochExtents.removeAll()
+            records.removeAll()
+            extents.removeAll()
+            flushed = false
+            tracking = false
+        }
+    }
+
+    /// A new session whose standby kept its disk at its last committed
+    /// checkpoint: the session's first checkpoint carries the current contents
+    /// of everything written since the last acknowledged checkpoint.
+    public func beginResync() {
+        lock.withLock {
+            extents = carried + epochExtents
+            epochExtents = extents
+            records.removeAll()
+            tracking = true
+            recording = true
+            flushed = true          // the full image makes the replica's disk durable
         }
     }
 
@@ -103,6 +163,10 @@ public final class DiskWriteLog: @unchecked Sendable {
         extents.removeAll()
         tracking = false
         flushed = false
+        if recording {
+            unacknowledged.append((sequence, Self.merged(epochExtents)))
+        }
+        epochExtents.removeAll(keepingCapacity: true)
         lock.unlock()
         for (offset, length) in DiskWriteLog.merged(resend) {
             var chunkStart = offset

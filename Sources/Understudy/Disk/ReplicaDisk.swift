@@ -1,3 +1,4 @@
+import CKVM
 import Glibc
 
 /// The standby's copy of the guest's disk: an image file of the same size as
@@ -34,6 +35,35 @@ public final class ReplicaDisk: @unchecked Sendable {
             }
             done += written
         }
+    }
+
+    /// Reads `count` bytes at `offset` (inside the disk; checked by the caller).
+    public func read(offset: UInt64, count: Int) throws(DiskError) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        var done = 0
+        while done < count {
+            let got = bytes.withUnsafeMutableBytes { raw in
+                pread(fd, raw.baseAddress! + done, count - done, off_t(offset) + off_t(done))
+            }
+            if got < 0 {
+                if errno == EINTR { continue }
+                throw .system(call: "pread \(path)", errno: errno)
+            }
+            if got == 0 { break }           // past the end of the file: holes read as zeros
+            done += got
+        }
+        return bytes
+    }
+
+    /// Puts back bytes read before a write (undoing it). All-zero bytes are put
+    /// back as a hole, so undoing a write into a hole needs no space (the
+    /// write may have failed because there was none).
+    public func restore(offset: UInt64, _ bytes: [UInt8]) throws(DiskError) {
+        if bytes.allSatisfy({ $0 == 0 }),
+           ckvm_punch_hole(fd, Int64(offset), Int64(bytes.count)) == 0 {
+            return
+        }
+        try write(offset: offset, bytes[...])
     }
 
     /// Makes everything written so far durable.

@@ -16,14 +16,19 @@ import Foundation
 /// or the standby was lost): output is released at once, and going pass-through
 /// releases everything held, in order.
 ///
-/// Bounded: at most `capacityBytes` of network frames are held. Past that, new
+/// Bounded: at most `capacityBytes` of network frames and `consoleCapacityBytes`
+/// of console bytes are held (counted as encoded: each item plus its record header) (so one checkpoint's output always fits the
+/// standby's bound, `CheckpointBegin.maximumOutputBytes`). Past the bound, new
 /// frames are dropped and counted, as a congested link would drop them, and TCP
-/// recovers by retransmitting. Holding the guest instead (a vCPU blocked in its
-/// transmit) would also block the pause that takes the checkpoint whose
-/// acknowledgement frees the space. Console bytes are never dropped: a line of
-/// the guest's console that vanished could not be retransmitted.
+/// recovers by retransmitting. Console bytes past the bound are dropped too and
+/// counted, and the loss is never silent: once there is room again, the console
+/// gets a line `[understudy: N bytes of console output dropped ...]` in their
+/// place. Holding the guest instead (a vCPU blocked in its write) would also
+/// block the pause that takes the checkpoint whose acknowledgement frees the
+/// space. Only a standby that falls far behind fills either bound.
 public final class OutputBuffer: @unchecked Sendable {
     public let capacityBytes: Int
+    public let consoleCapacityBytes: Int
     private let release: @Sendable (OutputRecord.Kind, [UInt8]) -> Void
     private let lock = NSLock()
     /// Held while items go out, so releases never overtake each other (at the
@@ -31,6 +36,12 @@ public final class OutputBuffer: @unchecked Sendable {
     private let releasing = NSLock()
     private var held: [(epoch: UInt64, record: OutputRecord, since: ContinuousClock.Instant)] = []
     private var heldBytes = 0
+    private var heldConsoleBytes = 0
+    /// Console bytes dropped since the last marker line went into the stream.
+    private var consoleDroppedSinceMarker = 0
+    private var consoleDroppedTotal = 0
+    private var released: UInt64?
+    private var sealed = false
     private var currentEpoch: UInt64 = 0
     private var protected: Bool
     /// The current epoch's records, encoded as they arrive (what `closeEpoch` hands out).
@@ -39,14 +50,25 @@ public final class OutputBuffer: @unchecked Sendable {
     private var longestHeld: Duration = .zero
     /// Frames dropped because the buffer was full.
     public var dropped: Int { lock.withLock { droppedCount } }
+    /// Console bytes dropped because the buffer was full.
+    public var consoleBytesDropped: Int { lock.withLock { consoleDroppedTotal } }
+    /// The newest epoch of the current session whose output has been handed to
+    /// the world (`release` has returned for every item of it and of the
+    /// epochs before): the mark a primary sends as `releasedThrough`. Never ahead
+    /// of the release, so a standby that drops output up to it drops only what
+    /// the world already has. nil before the session's first commit.
+    public var releasedThrough: UInt64? { lock.withLock { released } }
     /// The longest any released item was held (a statistic of output commit's cost).
     public var maximumAge: Duration { lock.withLock { longestHeld } }
 
     /// `release` sends one item to the world (writes a frame to the tap, console
     /// bytes to standard output). Starts protected unless `protected` is false.
-    public init(capacityBytes: Int = 16 << 20, protected: Bool = true,
+    public init(capacityBytes: Int = 16 << 20, consoleCapacityBytes: Int = 16 << 20, protected: Bool = true,
                 release: @escaping @Sendable (OutputRecord.Kind, [UInt8]) -> Void) {
+        precondition(capacityBytes >= 0 && consoleCapacityBytes >= 0 && capacityBytes + consoleCapacityBytes + 4096 <= CheckpointBegin.maximumOutputBytes,
+                     "held output must fit inside one checkpoint's output bound")
         self.capacityBytes = capacityBytes
+        self.consoleCapacityBytes = consoleCapacityBytes
         self.protected = protected
         self.release = release
     }
@@ -55,22 +77,49 @@ public final class OutputBuffer: @unchecked Sendable {
     /// at once when not protected).
     public func hold(_ kind: OutputRecord.Kind, _ bytes: UnsafeRawBufferPointer) {
         lock.lock()
+        guard !sealed else {
+            lock.unlock()
+            return
+        }
         guard protected else {
             lock.unlock()
             releasing.withLock { release(kind, Array(bytes)) }
             return
         }
         defer { lock.unlock() }
-        if kind == .network {
-            guard heldBytes + bytes.count <= capacityBytes else {
+        switch kind {
+        case .network:
+            guard heldBytes - heldConsoleBytes + OutputRecord.headerSize + bytes.count <= capacityBytes else {
                 droppedCount += 1
                 return
             }
+        case .console:
+            if consoleDroppedSinceMarker > 0 {
+                let marker = Array("\n[understudy: \(consoleDroppedSinceMarker) bytes of console output dropped: held output reached its bound of \(consoleCapacityBytes) bytes while the standby fell behind]\n".utf8)
+                guard heldConsoleBytes + 2 * OutputRecord.headerSize + marker.count + bytes.count <= consoleCapacityBytes else {
+                    consoleDroppedSinceMarker += bytes.count
+                    consoleDroppedTotal += bytes.count
+                    return
+                }
+                consoleDroppedSinceMarker = 0
+                append(.console, marker)
+            }
+            guard heldConsoleBytes + OutputRecord.headerSize + bytes.count <= consoleCapacityBytes else {
+                consoleDroppedSinceMarker += bytes.count
+                consoleDroppedTotal += bytes.count
+                return
+            }
         }
-        let record = OutputRecord(kind: kind, bytes: Array(bytes))
+        append(kind, Array(bytes))
+    }
+
+    /// Adds one record to the open epoch (lock held).
+    private func append(_ kind: OutputRecord.Kind, _ bytes: [UInt8]) {
+        let record = OutputRecord(kind: kind, bytes: bytes)
         record.append(to: &openEpoch)
         held.append((currentEpoch, record, ContinuousClock.now))
-        heldBytes += bytes.count
+        heldBytes += OutputRecord.headerSize + bytes.count
+        if kind == .console { heldConsoleBytes += OutputRecord.headerSize + bytes.count }
     }
 
     /// The guest is paused for checkpoint `sequence`: what comes next belongs to
@@ -94,20 +143,38 @@ public final class OutputBuffer: @unchecked Sendable {
         held.removeFirst(count)
         let now = ContinuousClock.now
         for item in out {
-            heldBytes -= item.record.bytes.count
+            forget(item.record)
             longestHeld = max(longestHeld, now - item.since)
         }
         lock.unlock()
         for item in out { release(item.record.kind, item.record.bytes) }
+        lock.withLock { if protected, released.map({ $0 < sequence }) ?? true { released = sequence } }
+    }
+
+    /// Accounts for a record that left the buffer (lock held).
+    private func forget(_ record: OutputRecord) {
+        heldBytes -= OutputRecord.headerSize + record.bytes.count
+        if record.kind == .console { heldConsoleBytes -= OutputRecord.headerSize + record.bytes.count }
     }
 
     /// Starts protecting for a new replication session: epochs count from 0 again
     /// (the session's first checkpoint is 0). Call before the engine starts.
+    ///
+    /// Everything still held (output from before the first session, or of
+    /// epochs a previous session never got acknowledged) becomes epoch 0's: it
+    /// travels inside checkpoint 0, so a standby that commits 0 holds it and
+    /// releases it if it takes over, and it goes out here when 0 is acknowledged.
     public func protect() {
         lock.withLock {
+            guard !sealed else { return }
             protected = true
             currentEpoch = 0
+            released = nil
             openEpoch.removeAll()
+            for index in held.indices {
+                held[index].epoch = 0
+                held[index].record.append(to: &openEpoch)
+            }
         }
     }
 
@@ -118,15 +185,41 @@ public final class OutputBuffer: @unchecked Sendable {
         releasing.lock()
         defer { releasing.unlock() }
         lock.lock()
+        guard !sealed else {
+            lock.unlock()
+            return 0
+        }
         protected = false
         let out = held
         held.removeAll()
         heldBytes = 0
+        heldConsoleBytes = 0
+        released = nil
         openEpoch.removeAll()
         lock.unlock()
         for item in out { release(item.record.kind, item.record.bytes) }
         return out.count
     }
+
+    /// This host will never release the guest's output again (replication was
+    /// abandoned after a host fault; the standby takes over): everything held is
+    /// discarded, and later output is dropped, as if this host had died. Commits
+    /// and `passThrough()` release nothing after this.
+    public func seal() {
+        releasing.withLock {
+            lock.withLock {
+                sealed = true
+                protected = true
+                held.removeAll()
+                heldBytes = 0
+                heldConsoleBytes = 0
+                openEpoch.removeAll()
+            }
+        }
+    }
+
+    /// Whether `seal()` was called.
+    public var isSealed: Bool { lock.withLock { sealed } }
 
     /// Drops everything not yet committed (a primary that dies loses it; tests
     /// use this to play that part).
@@ -134,6 +227,7 @@ public final class OutputBuffer: @unchecked Sendable {
         lock.withLock {
             held.removeAll()
             heldBytes = 0
+            heldConsoleBytes = 0
             openEpoch.removeAll()
         }
     }
@@ -141,7 +235,7 @@ public final class OutputBuffer: @unchecked Sendable {
     /// Whether output is being held (a standby protects the guest).
     public var isProtected: Bool { lock.withLock { protected } }
 
-    /// Bytes held now.
+    /// Bytes held now, as encoded in a checkpoint (each item plus its record header).
     public var bytesHeld: Int { lock.withLock { heldBytes } }
 
     /// How long the oldest held item has waited (zero when nothing is held).

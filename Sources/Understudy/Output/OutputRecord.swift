@@ -16,6 +16,9 @@ public struct OutputRecord: Sendable, Equatable {
         self.bytes = bytes
     }
 
+    /// Bytes before each record's payload: kind (u8), length (u32).
+    public static let headerSize = 5
+
     /// The largest record accepted when decoding (a jumbo frame and then some).
     public static let maximumLength = 1 << 20
 

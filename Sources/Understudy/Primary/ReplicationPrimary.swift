@@ -53,6 +53,10 @@ public final class ReplicationPrimary: @unchecked Sendable {
         case protected
         /// No standby: output passes through, a failure of this host loses the guest.
         case unprotected
+        /// This host can no longer run or checkpoint the guest (`abandon(reason:)`):
+        /// replication ended without goodbye, so the standby takes over from its
+        /// last committed checkpoint; no output is ever released here again.
+        case failed
         /// Stopped.
         case stopped
     }
@@ -64,15 +68,27 @@ public final class ReplicationPrimary: @unchecked Sendable {
     public let machine: any ReplicatedMachine
     public let output: OutputBuffer
     public let configuration: PrimaryConfiguration
+    /// This guest run's id, the same in each of its sessions (`Hello.guest`).
+    public let guest = Hello.newSession()
     private let logger: Logger
     private let state = Mutex<(status: Status, engine: CheckpointEngine?, sessions: Int, acked: UInt64?)>((.connecting, nil, 0, nil))
     private let stopping = Atomic<Bool>(false)
+    /// Set by `abandon(reason:)`: the session ends without goodbye and output is sealed.
+    private let abandoned = Mutex<String?>(nil)
     private let wake = DispatchSemaphore(value: 0)
-    private let finished = DispatchSemaphore(value: 0)
-    private var supervisor: Thread?
+    /// Entered when the supervisor starts, left when it ends: every `stop()` waits on it.
+    private let running = DispatchGroup()
+    private let started = Mutex<Bool>(false)
     /// Statistics of finished sessions' engines, and the current one's.
     private let pastStatistics = Mutex<[EpochStatistics]>([])
     private let wire = Mutex<(bytes: Int, checkpoints: Int)>((0, 0))
+
+    /// Called once, from a replication thread, when this host cannot go on
+    /// checkpointing the guest (a capture failed while the guest runs): the VMM
+    /// should stop its guest. Replication has already been abandoned
+    /// (`abandon(reason:)`): the standby takes over, and nothing the guest does
+    /// here reaches the world any more, whether or not the VMM stops it.
+    public var hostFaultHandler: (@Sendable (String) -> Void)?
 
     public init(machine: any ReplicatedMachine, output: OutputBuffer, configuration: PrimaryConfiguration, logger: Logger) {
         self.machine = machine
@@ -96,22 +112,40 @@ public final class ReplicationPrimary: @unchecked Sendable {
     /// Starts the supervisor thread; the machine must be running.
     public func start() throws(EngineError) {
         try configuration.engine.validate()
-        guard supervisor == nil else { throw .alreadyRunning }
-        let thread = Thread { [self] in supervise(); finished.signal() }
+        guard started.withLock({ value in defer { value = true }; return !value }) else { throw .alreadyRunning }
+        running.enter()
+        let thread = Thread { [self] in supervise(); running.leave() }
         thread.name = "understudy-primary"
-        supervisor = thread
         thread.start()
     }
 
     /// Stops replicating in order: the last captured checkpoints are sent and,
     /// for a bounded time, their acknowledgements awaited; the standby is told
     /// goodbye (so it does not take over) and remaining output is released.
+    /// Any number of callers may stop at once (a signal and the guest's exit
+    /// together): each returns once replication has ended; the first reason given
+    /// is the one the standby hears.
     public func stop(reason: String = "the primary is stopping") {
-        goodbyeReason.withLock { $0 = reason }
+        goodbyeReason.withLock { if $0.isEmpty { $0 = reason } }
         stopping.store(true, ordering: .relaxed)
         wake.signal()
-        if supervisor != nil { finished.wait() }
-        supervisor = nil
+        running.wait()
+    }
+
+    /// This host can no longer run the guest (a host fault: KVM_RUN or a capture
+    /// failed, VM entry failed): ends replication *without* goodbye, so the
+    /// standby sees the connection close and takes over from its last committed
+    /// checkpoint. Output of unacknowledged epochs is discarded (the world never
+    /// saw it; the standby resumes from before it) and the output buffer is
+    /// sealed: nothing is released from this host again. A guest that merely
+    /// exits, or an operator's stop, is `stop(reason:)` instead. Returns once
+    /// replication has ended.
+    public func abandon(reason: String) {
+        abandoned.withLock { if $0 == nil { $0 = reason } }
+        output.seal()
+        stopping.store(true, ordering: .relaxed)
+        wake.signal()
+        running.wait()
     }
 
     private let goodbyeReason = Mutex<String>("")
@@ -137,58 +171,88 @@ public final class ReplicationPrimary: @unchecked Sendable {
         let report = configuration.statusInterval.map { StatusReport(primary: self, interval: $0, logger: logger) }
         report?.start()
         defer { report?.stop() }
-        var everConnected = false
-        let firstAttemptEnds = ContinuousClock.now + .seconds(5)
+        // Output is held while first trying to reach a standby, and after a
+        // session ended for a resync while the standby is reached again; after
+        // that the guest runs on unprotected, and the log says so.
+        var holdUntil = ContinuousClock.now + .seconds(5)
+        var resyncing = false
         while !stopping.load(ordering: .relaxed) {
             let link: FrameConnection
+            let resume: Bool
             do {
-                link = try connect()
+                (link, resume) = try connect()
             } catch let error as WireError {
+                let holding = ContinuousClock.now < holdUntil
                 if case .refused = error {
                     logger.error("the standby refused this guest: \(error)")
-                } else if everConnected || ContinuousClock.now >= firstAttemptEnds {
+                } else if !holding {
                     logger.debug("standby unreachable: \(error)")
                 }
-                // Hold output only while first trying; after that, run on and say so.
-                if everConnected || ContinuousClock.now >= firstAttemptEnds {
+                if !holding {
+                    if resyncing { configuration.disk?.stopRecording() }
+                    resyncing = false
                     output.passThrough()
                     setStatus(.unprotected)
                 }
-                _ = wake.wait(timeout: .now() + .milliseconds(configuration.reconnectInterval.milliseconds))
+                let retry = holding && resyncing ? Self.resyncRetryInterval : configuration.reconnectInterval
+                _ = wake.wait(timeout: .now() + .milliseconds(retry.milliseconds))
                 continue
             } catch {
                 logger.error("standby: \(error)")
                 continue
             }
-            everConnected = true
-            runSession(link)
-            if !stopping.load(ordering: .relaxed) {
-                _ = wake.wait(timeout: .now() + .milliseconds(configuration.reconnectInterval.milliseconds))
+            switch runSession(link, resume: resume && resyncing) {
+            case .resync:
+                // The standby holds its committed replica: straight into a new
+                // session, output still held, for as long as a reconnect may take.
+                resyncing = true
+                holdUntil = ContinuousClock.now + max(configuration.heartbeatTimeout * 5, .seconds(1))
+            case .ended:
+                resyncing = false
+                holdUntil = ContinuousClock.now
+                if !stopping.load(ordering: .relaxed) {
+                    _ = wake.wait(timeout: .now() + .milliseconds(configuration.reconnectInterval.milliseconds))
+                }
             }
         }
-        output.passThrough()
-        setStatus(.stopped)
+        if let reason = abandoned.withLock({ $0 }) {
+            logger.critical("replication abandoned: this host can no longer run the guest; the standby takes over from its last committed checkpoint and this host releases no output again",
+                            metadata: ["reason": "\(reason)"])
+            setStatus(.failed)
+        } else {
+            output.passThrough()
+            setStatus(.stopped)
+        }
     }
 
-    private func connect() throws -> FrameConnection {
+    /// Between reconnect attempts after a resync (the standby is expected back at once).
+    static let resyncRetryInterval: Duration = .milliseconds(50)
+
+    /// Connects and shakes hands. Returns the link, and whether the standby
+    /// says it still holds an intact replica of this guest (the welcome's
+    /// resume flag).
+    private func connect() throws -> (FrameConnection, Bool) {
         let connection = try TCPConnection.connect(to: configuration.standby, timeout: .seconds(1))
         let link = FrameConnection(connection)
-        let hello = Hello(session: Hello.newSession(), memorySize: UInt64(machine.guestMemorySize), devices: configuration.devices,
+        let hello = Hello(session: Hello.newSession(), guest: guest, memorySize: UInt64(machine.guestMemorySize), devices: configuration.devices,
                           epochMicroseconds: UInt32(clamping: configuration.engine.epoch.milliseconds * 1000), mac: configuration.mac,
                           diskSize: configuration.disk?.size ?? 0)
         try link.send(Frame(.hello, payload: hello.payload))
         let reply = try link.receive(timeout: .seconds(5))
+        let resume: Bool
         switch reply.kind {
         case .welcome:
             let echoed = try Hello(payload: reply.payload)
-            guard echoed.session == hello.session else { throw WireError.unexpected("welcome for another session") }
+            guard echoed.session == hello.session, echoed.guest == hello.guest else { throw WireError.unexpected("welcome for another session") }
+            resume = echoed.flags.contains(.resume)
         case .refuse:
             throw WireError.refused(String(decoding: reply.payload.prefix(1024), as: UTF8.self))
         default:
             throw WireError.unexpected("\(reply.kind) in answer to hello")
         }
-        logger.info("standby accepted the session", metadata: ["standby": "\(configuration.standby)", "session": "\(hello.sessionText)"])
-        return link
+        logger.info("standby accepted the session", metadata: ["standby": "\(configuration.standby)", "session": "\(hello.sessionText)",
+                                                               "resume": "\(resume)"])
+        return (link, resume)
     }
 
     /// The whole disk image to a new standby while the guest runs (writes made
@@ -213,9 +277,19 @@ public final class ReplicationPrimary: @unchecked Sendable {
         logger.info("disk copied", metadata: ["bytes": "\(sent)", "time": "\(ContinuousClock.now - started)"])
     }
 
-    /// One standby, from full image to loss or stop.
-    private func runSession(_ link: FrameConnection) {
+    /// How a session ended.
+    private enum SessionEnd {
+        /// For a resync: the standby keeps its replica, a new session starts at once.
+        case resync
+        /// The standby was lost, or replication stopped.
+        case ended
+    }
+
+    /// One standby, from full image to loss or stop. With `resume`, the
+    /// standby kept its replica of this guest (a resync): no disk copy.
+    private func runSession(_ link: FrameConnection, resume: Bool) -> SessionEnd {
         let lost = Mutex<String?>(nil)
+        let resyncReason = Mutex<String?>(nil)
         let sentThrough = Mutex<UInt64?>(nil)
         let markLost: @Sendable (String) -> Void = { [wake] reason in
             let first = lost.withLock { value in
@@ -224,22 +298,48 @@ public final class ReplicationPrimary: @unchecked Sendable {
             }
             if first { link.shutdown(); wake.signal() }
         }
+        // What the standby sent was wrong (not its absence): the session ends for
+        // a resync; the standby is told, unless it asked first. Called by the
+        // reader thread only.
+        let heartbeatTimeout = configuration.heartbeatTimeout
+        let markResync: @Sendable (String, Bool) -> Void = { reason, tell in
+            let first = resyncReason.withLock { value in
+                defer { if value == nil { value = reason } }
+                return value == nil
+            }
+            if first, tell { link.finish(with: Frame(.resync, payload: Array(reason.utf8.prefix(1024))), timeout: heartbeatTimeout) }
+            markLost("resync: \(reason)")
+        }
         output.protect()
         let engine = CheckpointEngine(machine: machine, configuration: configuration.engine)
         engine.outputBuffer = output
         let machine = self.machine
-        engine.failureHandler = { [wake] error in
+        engine.failureHandler = { [self, wake] error in
             // The guest stopped (exited): the run is ending, and whoever stopped it
-            // calls stop(), which says goodbye. Anything else is a fault.
-            if machine.hasStopped { wake.signal() } else { markLost("checkpointing failed: \(error)") }
+            // calls stop() (goodbye) or abandon(). Anything else is a fault of this
+            // host: going on unprotected would give two copies once the standby,
+            // seeing the link close, takes over. Abandon instead, and ask the VMM
+            // to stop the guest.
+            if machine.hasStopped {
+                wake.signal()
+            } else {
+                let reason = "checkpointing failed: \(error)"
+                abandoned.withLock { if $0 == nil { $0 = reason } }
+                output.seal()
+                stopping.store(true, ordering: .relaxed)
+                markLost(reason)
+                hostFaultHandler?(reason)
+            }
         }
         let log = logger
         engine.sink = { [self] checkpoint in
-            guard lost.withLock({ $0 }) == nil else { return }
+            guard lost.withLock({ $0 }) == nil, resyncReason.withLock({ $0 }) == nil else { return }
             var sentBytes = 0
             var tenth = 0
             do {
-                let released = state.withLock { $0.acked } ?? .max
+                // What the world has, not what was acknowledged: an acknowledged
+                // epoch's output may still be on its way out.
+                let released = output.releasedThrough ?? .max
                 try CheckpointFrames.forEach(checkpoint, releasedThrough: released) { (frame) throws(WireError) in
                     // Before the end frame goes: its acknowledgement may come back at once.
                     if frame.kind == .checkpointEnd { sentThrough.withLock { $0 = checkpoint.sequence } }
@@ -257,7 +357,12 @@ public final class ReplicationPrimary: @unchecked Sendable {
         }
         state.withLock { $0.engine = engine; $0.sessions += 1; $0.acked = nil }
         setStatus(.synchronizing)
+        // The session's acknowledgements, read by one thread that ends with the
+        // session and is joined before another session starts: an ack of this
+        // session can never release output of the next (epochs restart at 0).
+        let receiverDone = DispatchSemaphore(value: 0)
         let receiver = Thread { [self] in
+            defer { receiverDone.signal() }
             while lost.withLock({ $0 }) == nil {
                 do {
                     let frame = try link.receive(timeout: configuration.heartbeatTimeout)
@@ -267,19 +372,25 @@ public final class ReplicationPrimary: @unchecked Sendable {
                         let sent = sentThrough.withLock { $0 }
                         let previous = state.withLock { $0.acked }
                         guard let sent, frame.sequence <= sent, previous.map({ frame.sequence == $0 + 1 }) ?? (frame.sequence == 0) else {
-                            markLost("the standby acknowledged checkpoint \(frame.sequence) (sent through \(sent.map(String.init) ?? "none"), acknowledged through \(previous.map(String.init) ?? "none"))")
+                            markResync("the standby acknowledged checkpoint \(frame.sequence) (sent through \(sent.map(String.init) ?? "none"), acknowledged through \(previous.map(String.init) ?? "none"))", true)
                             continue
                         }
+                        guard lost.withLock({ $0 }) == nil else { return }
                         state.withLock { $0.acked = frame.sequence }
+                        configuration.disk?.acknowledge(through: frame.sequence)
                         output.commit(upTo: frame.sequence)
                         if frame.sequence == 0 { setStatus(.protected) }
                     case .heartbeat:
                         continue
+                    case .resync:
+                        markResync("the standby asked: \(String(decoding: frame.payload.prefix(1024), as: UTF8.self))", false)
                     case .goodbye, .refuse:
                         markLost("the standby ended the session: \(String(decoding: frame.payload.prefix(1024), as: UTF8.self))")
                     default:
-                        markLost("the standby sent \(frame.kind)")
+                        markResync("the standby sent \(frame.kind)", true)
                     }
+                } catch let error as WireError where !error.meansThePeerIsGone {
+                    markResync("from the standby: \(error)", true)
                 } catch {
                     markLost("\(error)")
                 }
@@ -287,10 +398,16 @@ public final class ReplicationPrimary: @unchecked Sendable {
         }
         receiver.name = "understudy-primary-acks"
         receiver.start()
+        defer { receiverDone.wait() }
         let heartbeats = Heartbeats.start(on: link, every: Heartbeats.interval(for: configuration.heartbeatTimeout), name: "understudy-primary-heartbeat")
         if let disk = configuration.disk {
             engine.diskLog = disk
-            do { try copyDisk(disk, over: link) } catch { markLost("copying the disk: \(error)") }
+            if resume {
+                disk.beginResync()
+                logger.info("the standby kept its disk at its last committed checkpoint: no disk copy; what was written since travels with the full image")
+            } else {
+                do { try copyDisk(disk, over: link) } catch { markLost("copying the disk: \(error)") }
+            }
         }
         if lost.withLock({ $0 }) == nil {
             do {
@@ -301,7 +418,24 @@ public final class ReplicationPrimary: @unchecked Sendable {
         }
         while lost.withLock({ $0 }) == nil && !stopping.load(ordering: .relaxed) { wake.wait() }
 
-        if let reason = lost.withLock({ $0 }) {
+        var end = SessionEnd.ended
+        if abandoned.withLock({ $0 }) != nil {
+            // No goodbye: the standby must take over. Close the link at once.
+            markLost("abandoned")
+            try? engine.stop()
+            configuration.disk?.stopRecording()
+            heartbeats.stop()
+        } else if let reason = resyncReason.withLock({ $0 }) {
+            // Output stays held (it rides in the next session's first checkpoint),
+            // the disk's unacknowledged writes are carried, and a new session starts.
+            try? engine.stop()
+            configuration.disk?.endSessionForResync()
+            heartbeats.stop()
+            logger.warning("session ended for a resync: \(reason); output stays held, a new session starts now",
+                           metadata: ["held": "\(output.bytesHeld) bytes"])
+            setStatus(.synchronizing)
+            end = .resync
+        } else if let reason = lost.withLock({ $0 }) {
             try? engine.stop()
             configuration.disk?.stopRecording()
             heartbeats.stop()
@@ -331,5 +465,6 @@ public final class ReplicationPrimary: @unchecked Sendable {
         }
         pastStatistics.withLock { $0 += engine.statistics }
         state.withLock { $0.engine = nil }
+        return end
     }
 }

@@ -21,6 +21,11 @@ public final class ReplicaImage: @unchecked Sendable {
     public private(set) var lastDiskApply: (bytes: Int, time: Duration) = (0, .zero)
     /// The sequence number of the committed checkpoint, nil before the first.
     public private(set) var committedSequence: UInt64?
+    /// False once a failed apply could not be undone: memory and disk may then
+    /// be of different checkpoints, and nothing may resume from this image.
+    public private(set) var isIntact = true
+    /// Set by `beginResync()`: the next checkpoint must be a full image.
+    private var awaitingFull = false
     private let codec = PageCodec()
     private var staging: UnsafeMutableRawPointer
     private var stagingCapacity: Int
@@ -45,8 +50,13 @@ public final class ReplicaImage: @unchecked Sendable {
         case badPage(index: Int, reason: String)
         case badOutput(String)
         case badDisk(String)
-        /// The disk image could not be written: the replica's disk may be behind its memory.
+        /// The disk image could not be written. The writes made before the failure
+        /// were undone (the image is still the previous checkpoint) unless the
+        /// reason says otherwise, and then `isIntact` is false.
         case diskFailed(String)
+        /// An earlier failure left the image torn: it takes no checkpoint and must
+        /// not be taken over from until a new primary session replaces it.
+        case torn
 
         public var description: String {
             switch self {
@@ -57,6 +67,7 @@ public final class ReplicaImage: @unchecked Sendable {
             case .badOutput(let reason): "output: \(reason)"
             case .badDisk(let reason): "disk: \(reason)"
             case .diskFailed(let reason): "writing the replica's disk failed: \(reason)"
+            case .torn: "the replica is torn by an earlier failure and takes no checkpoint until it is replaced"
             }
         }
     }
@@ -64,7 +75,7 @@ public final class ReplicaImage: @unchecked Sendable {
     /// Verifies, decodes and commits `checkpoint`.
     public func apply(_ checkpoint: Checkpoint) throws(ApplyError) {
         guard checkpoint.computedDigest == checkpoint.digest else { throw .digestMismatch }
-        if let committed = committedSequence {
+        if let committed = committedSequence, !awaitingFull {
             guard checkpoint.sequence == committed &+ 1 else { throw .outOfSequence(expected: committed &+ 1, got: checkpoint.sequence) }
         } else {
             guard checkpoint.isFull else { throw .firstMustBeFull }
@@ -76,16 +87,20 @@ public final class ReplicaImage: @unchecked Sendable {
             guard let disk else { throw .badDisk("block writes for a standby without a disk") }
             do { diskItems = try DiskRecord.decode(checkpoint.disk, diskSize: disk.size) } catch { throw .badDisk(error.description) }
         }
+        guard isIntact || checkpoint.isFull else { throw .torn }
         try decodeIntoStaging(checkpoint)
-        // Commit. The disk first: if it fails, the memory stays the previous checkpoint.
+        // Commit. The disk first, undoably: if a write fails part way, what was
+        // written is put back, and memory stays the previous checkpoint too.
         if let disk, !diskItems.isEmpty || checkpoint.isFull {
             let started = ContinuousClock.now
             var bytes = 0
+            var undo: [(offset: UInt64, old: [UInt8])] = []
             do {
                 var flush = checkpoint.isFull        // the initial copy becomes durable with the full image
                 for item in diskItems {
                     switch item {
                     case .write(let offset, let data):
+                        undo.append((offset, try disk.read(offset: offset, count: data.count)))
                         try disk.write(offset: offset, data)
                         bytes += data.count
                     case .flush:
@@ -94,7 +109,13 @@ public final class ReplicaImage: @unchecked Sendable {
                 }
                 if flush { try disk.sync() }
             } catch {
-                throw .diskFailed(error.description)
+                do {
+                    for (offset, old) in undo.reversed() { try disk.restore(offset: offset, old) }
+                } catch let rollback {
+                    isIntact = false
+                    throw .diskFailed("\(error); putting the earlier bytes back failed too (\(rollback)): the replica's disk is torn")
+                }
+                throw .diskFailed("\(error); the \(undo.count) writes made before it were undone")
             }
             lastDiskApply = (bytes, ContinuousClock.now - started)
         }
@@ -105,6 +126,15 @@ public final class ReplicaImage: @unchecked Sendable {
         state = checkpoint.state
         output = outputRecords
         committedSequence = checkpoint.sequence
+        awaitingFull = false
+        isIntact = true
+    }
+
+    /// A new session of the same guest begins: the committed checkpoint stays
+    /// (it can still be taken over from) until the session's first checkpoint,
+    /// a full image, commits and replaces it; sequence numbers start again there.
+    public func beginResync() {
+        awaitingFull = true
     }
 
     private func decodeIntoStaging(_ checkpoint: Checkpoint) throws(ApplyError) {

@@ -38,14 +38,28 @@ public struct StandbyConfiguration: Sendable {
 
 /// The standby's side of a session: accepts a primary, checks its handshake,
 /// receives each checkpoint into staging, has the replica verify and apply it,
-/// and only then acknowledges it. Returns when the session ends; the caller
-/// fails over (or not) from `replica`.
+/// and only then acknowledges it. Returns when the primary is gone (the caller
+/// fails over from `replica`), says goodbye, or `stop()` is called.
 ///
 /// A connection that fails the handshake is refused with a reason and changes
-/// nothing. Once a session is established, any bad frame, a silent primary
-/// (heartbeat timeout) or a dropped connection ends the session: a torn,
-/// corrupt, duplicate or out-of-order checkpoint is never applied, and the
-/// replica stays exactly the last committed checkpoint.
+/// nothing. Once a session is established, how it ends decides a takeover
+/// (DESIGN.md invariant 6):
+///
+/// - The primary is gone: silent past the heartbeat timeout, or its connection
+///   closed or reset, with nothing wrong in what it sent. `run()` returns
+///   `.primaryLost`: take over.
+/// - What arrived was wrong (a damaged, malformed, oversized, out-of-order or
+///   unappliable checkpoint, a frame that does not belong), or this host could
+///   not apply it: the primary is alive, so this is *not* a takeover. The
+///   standby sends `resync` with the reason, keeps its last committed replica,
+///   and waits for the primary's next session, which replaces the replica
+///   once its full image commits. If the primary does not come back within
+///   `resyncWait`, it is gone after all: take over from the committed replica.
+/// - A replica torn by a failed apply that could not be undone is never taken
+///   over from: the standby says so and waits for a new session.
+///
+/// A torn, corrupt, duplicate or out-of-order checkpoint is never applied, and
+/// the replica stays exactly the last committed checkpoint.
 public final class StandbyReceiver: @unchecked Sendable {
     public enum Outcome: Sendable, Equatable {
         /// The primary is gone (or sent something it never should have): fail over.
@@ -74,6 +88,16 @@ public final class StandbyReceiver: @unchecked Sendable {
     public private(set) var silenceBeforeLoss: Duration = .zero
     /// Time at which the newest checkpoint was committed.
     public private(set) var lastCommit: ContinuousClock.Instant?
+    /// Sessions that ended for a resync (no takeover) so far.
+    public var resyncs: Int { resyncCount.load(ordering: .relaxed) }
+    private let resyncCount = Atomic<Int>(0)
+    /// The guest id of the session whose checkpoints the replica holds.
+    private var replicaGuest: [UInt8]?
+    /// Whether the current session resumes an intact replica (no disk copy).
+    private var resuming = false
+    /// How long, after a session ended for a resync, the standby waits for the
+    /// primary to start the next one before it concludes the primary is gone.
+    public var resyncWait: Duration { max(configuration.heartbeatTimeout * 10, .seconds(2)) }
     private let logger: Logger
     private let stopping = Atomic<Bool>(false)
     private let current = Mutex<FrameConnection?>(nil)
@@ -91,13 +115,35 @@ public final class StandbyReceiver: @unchecked Sendable {
         current.withLock { $0?.shutdown() }
     }
 
+    /// How one session ended.
+    private enum SessionEnd {
+        case primaryLost(String)
+        case goodbye(String)
+        case resync(String)
+        case stopped
+    }
+
+    /// Whether the replica can be taken over from: a checkpoint committed, and
+    /// no failed apply tore it.
+    public var isTakeoverTarget: Bool { replica.map { $0.committedSequence != nil && $0.isIntact } ?? false }
+
     /// Serves primaries until one is lost after something was committed (or says goodbye).
     public func run() -> Outcome {
         logger.info("standby listening", metadata: ["address": "\(configuration.listen.host):\(listener.port)"])
+        // Set when a session ended for a resync: the primary must be back by then.
+        var resyncBy: (deadline: ContinuousClock.Instant, reason: String)?
         while !stopping.load(ordering: .relaxed) {
             let connection: TCPConnection
             do {
-                guard let accepted = try listener.accept(timeout: .milliseconds(200)) else { continue }
+                guard let accepted = try listener.accept(timeout: .milliseconds(200)) else {
+                    if let (deadline, reason) = resyncBy, ContinuousClock.now >= deadline {
+                        resyncBy = nil
+                        let why = "the primary did not start a new session within \(resyncWait.milliseconds) ms of a resync (\(reason))"
+                        if isTakeoverTarget { return .primaryLost(reason: why) }
+                        logger.critical("\(why), and the replica is torn: it cannot be taken over from; waiting for a primary")
+                    }
+                    continue
+                }
                 connection = accepted
             } catch {
                 logger.error("accept failed: \(error)")
@@ -105,25 +151,34 @@ public final class StandbyReceiver: @unchecked Sendable {
                 continue
             }
             let link = FrameConnection(connection)
-            let outcome = serve(link)
+            let end = serve(link, established: { resyncBy = nil })
             current.withLock { $0 = nil }
             link.shutdown()
-            switch outcome {
-            case .primaryLost(let reason) where replica?.committedSequence == nil:
-                logger.warning("session ended before any checkpoint committed (\(reason)); waiting for a primary")
-            case .goodbye(let reason) where replica?.committedSequence == nil:
-                logger.info("primary said goodbye before any checkpoint committed (\(reason)); waiting for a primary")
+            switch end {
             case nil:
                 continue
-            case let outcome?:
-                return outcome
+            case .resync(let reason)?:
+                resyncCount.add(1, ordering: .relaxed)
+                resyncBy = (ContinuousClock.now + resyncWait, reason)
+            case .primaryLost(let reason)? where replica?.committedSequence == nil:
+                logger.warning("session ended before any checkpoint committed (\(reason)); waiting for a primary")
+            case .primaryLost(let reason)? where !isTakeoverTarget:
+                logger.critical("primary lost (\(reason)), but the replica is torn by a failed apply: it cannot be taken over from; waiting for a primary")
+            case .goodbye(let reason)? where replica?.committedSequence == nil:
+                logger.info("primary said goodbye before any checkpoint committed (\(reason)); waiting for a primary")
+            case .primaryLost(let reason)?:
+                return .primaryLost(reason: reason)
+            case .goodbye(let reason)?:
+                return .goodbye(reason: reason)
+            case .stopped?:
+                return .stopped
             }
         }
         return .stopped
     }
 
     /// One connection: handshake, then checkpoints. nil when the handshake failed.
-    private func serve(_ link: FrameConnection) -> Outcome? {
+    private func serve(_ link: FrameConnection, established: () -> Void) -> SessionEnd? {
         let accepted: Hello
         do {
             accepted = try handshake(link)
@@ -132,6 +187,7 @@ public final class StandbyReceiver: @unchecked Sendable {
             try? link.send(Frame(.refuse, payload: Array("\(error)".utf8.prefix(1024))))
             return nil
         }
+        established()
         current.withLock { $0 = link }
         if stopping.load(ordering: .relaxed) { return .stopped }
         logger.info("primary connected", metadata: ["peer": "\(link.peer)", "session": "\(accepted.sessionText)",
@@ -140,17 +196,36 @@ public final class StandbyReceiver: @unchecked Sendable {
         let refusing = refuseOthers(while: link)
         defer {
             heartbeats.stop()
-            refusing.signal()
+            refusing.stop()
         }
         do {
             return try receiveCheckpoints(link)
         } catch {
             if stopping.load(ordering: .relaxed) { return .stopped }
-            logger.error("primary lost: \(error)", metadata: ["committed": "\(replica?.committedSequence.map(String.init) ?? "none")",
-                                                          "longest-silence": "\(longestSilence.milliseconds) ms",
-                                                          "silent-for": "\(silenceBeforeLoss.milliseconds) ms"])
-            return .primaryLost(reason: "\(error)")
+            let metadata: Logger.Metadata = ["committed": "\(replica?.committedSequence.map(String.init) ?? "none")",
+                                             "longest-silence": "\(longestSilence.milliseconds) ms",
+                                             "silent-for": "\(silenceBeforeLoss.milliseconds) ms"]
+            if Self.meansThePrimaryIsGone(error) {
+                logger.error("primary lost: \(error)", metadata: metadata)
+                return .primaryLost("\(error)")
+            }
+            // The primary is alive (it just sent this): end the session, keep the
+            // committed replica, and ask for a new session. Stop refusing first, so
+            // the primary's reconnect is not turned away.
+            let reason = "\(error)"
+            logger.error("ending the session without a takeover: \(reason); the replica stays at the last committed checkpoint and the primary is asked to resync",
+                         metadata: metadata)
+            heartbeats.stop()
+            refusing.stop()
+            link.finish(with: Frame(.resync, payload: Array(reason.utf8.prefix(1024))), timeout: configuration.heartbeatTimeout)
+            return .resync(reason)
         }
+    }
+
+    /// Whether a session's error means the primary is gone rather than that
+    /// what it sent was wrong, or that this host could not apply it.
+    static func meansThePrimaryIsGone(_ error: any Error) -> Bool {
+        (error as? WireError)?.meansThePeerIsGone ?? false
     }
 
     private func handshake(_ link: FrameConnection) throws -> Hello {
@@ -173,29 +248,47 @@ public final class StandbyReceiver: @unchecked Sendable {
         if offered.devices.contains(.disk), let disk = configuration.disk, disk.size != offered.diskSize {
             throw WireError.refused("the guest's disk is \(offered.diskSize) bytes, this standby's image \(disk.path) is \(disk.size)")
         }
+        var welcome = offered
+        welcome.flags = []
         if let existing = replica, existing.committedSequence != nil {
-            throw WireError.refused("this standby already holds a committed replica of another session; start a fresh standby")
-        }
-        if replica?.memory.size != Int(offered.memorySize) {
-            replica = nil
-            replica = try ReplicaImage(memorySize: Int(offered.memorySize))
+            // A new session of the guest whose replica this is (the last one
+            // ended for a resync): the replica stays until the new full image
+            // commits. Any other guest is refused.
+            guard offered.guest == replicaGuest, existing.memory.size == Int(offered.memorySize), offered.devices == hello?.devices,
+                  offered.diskSize == hello?.diskSize, offered.mac == hello?.mac else {
+                throw WireError.refused("this standby already holds a committed replica of another guest; start a fresh standby")
+            }
+            existing.beginResync()
+            resuming = existing.isIntact
+            if resuming { welcome.flags.insert(.resume) }
+            logger.notice("a new session of the same guest: \(resuming ? "the committed replica stays until its full image commits" : "the replica is torn and is replaced")",
+                          metadata: ["committed": "\(existing.committedSequence.map(String.init) ?? "none")"])
+        } else {
+            resuming = false
+            if replica?.memory.size != Int(offered.memorySize) {
+                replica = nil
+                replica = try ReplicaImage(memorySize: Int(offered.memorySize))
+            }
+            guestAddresses = []
+            unreleasedOutput = []
         }
         if offered.devices.contains(.disk), let disk = configuration.disk {
-            do { try disk.reset() } catch { throw WireError.refused("\(error)") }
-            logger.notice("the standby's disk image is replaced by the primary's", metadata: ["path": "\(disk.path)"])
+            if !resuming {
+                do { try disk.reset() } catch { throw WireError.refused("\(error)") }
+                logger.notice("the standby's disk image is replaced by the primary's", metadata: ["path": "\(disk.path)"])
+            }
             replica?.disk = disk
         } else {
             replica?.disk = nil
         }
         hello = offered
-        guestAddresses = []
-        unreleasedOutput = []
+        replicaGuest = offered.guest
         diskBytesReceived = 0
-        try link.send(Frame(.welcome, payload: offered.payload))
+        try link.send(Frame(.welcome, payload: welcome.payload))
         return offered
     }
 
-    private func receiveCheckpoints(_ link: FrameConnection) throws -> Outcome {
+    private func receiveCheckpoints(_ link: FrameConnection) throws -> SessionEnd {
         guard let replica else { throw WireError.unexpected("no replica") }
         var assembler = CheckpointAssembler(guestPages: replica.pageCount)
         var reportedTenth = 0
@@ -221,7 +314,11 @@ public final class StandbyReceiver: @unchecked Sendable {
                 let reason = String(decoding: frame.payload.prefix(1024), as: UTF8.self)
                 logger.info("primary said goodbye: \(reason)")
                 try? link.send(Frame(.goodbye, payload: Array("goodbye".utf8)))
-                return .goodbye(reason: reason)
+                return .goodbye(reason)
+            case .resync:
+                let reason = String(decoding: frame.payload.prefix(1024), as: UTF8.self)
+                logger.warning("the primary ended the session for a resync: \(reason); the replica stays at the last committed checkpoint")
+                return .resync("the primary asked: \(reason)")
             case .checkpointBegin, .checkpointData, .checkpointEnd:
                 guard let (checkpoint, releasedThrough) = try assembler.take(frame) else {
                     let (received, total) = assembler.progress
@@ -233,6 +330,9 @@ public final class StandbyReceiver: @unchecked Sendable {
                 }
                 try replica.apply(checkpoint)
                 lastCommit = .now
+                // A session's first (full) checkpoint carries all output its
+                // primary still held, the previous session's unreleased epochs too.
+                if checkpoint.isFull { unreleasedOutput = [] }
                 unreleasedOutput.append((checkpoint.sequence, replica.output))
                 if releasedThrough != .max { unreleasedOutput.removeAll { $0.sequence <= releasedThrough } }
                 learnAddresses(replica.output)
@@ -249,27 +349,45 @@ public final class StandbyReceiver: @unchecked Sendable {
     }
 
     /// While a session runs, other connections get an immediate refusal rather
-    /// than waiting unanswered. Signal the returned semaphore to stop.
-    private func refuseOthers(while link: FrameConnection) -> DispatchSemaphore {
-        let done = DispatchSemaphore(value: 0)
-        let thread = Thread { [self] in
-            while done.wait(timeout: .now()) == .timedOut {
-                guard let other = try? listener.accept(timeout: .milliseconds(100)) else { continue }
-                logger.warning("refused a second primary from \(other.peer): a session with \(link.peer) is running")
-                try? FrameConnection(other).send(Frame(.refuse, payload: Array("this standby already serves a primary (\(link.peer))".utf8)))
-                other.shutdown()
+    /// than waiting unanswered, until `stop()` (which waits for the refuser to
+    /// let go of the listening socket).
+    private final class Refuser: @unchecked Sendable {
+        private let done = Atomic<Bool>(false)
+        private let exited = DispatchSemaphore(value: 0)
+        private let stopped = Mutex<Bool>(false)
+
+        init(listener: TCPListener, link: FrameConnection, logger: Logger) {
+            let thread = Thread { [self] in
+                while !done.load(ordering: .relaxed) {
+                    guard let other = try? listener.accept(timeout: .milliseconds(100)) else { continue }
+                    logger.warning("refused a second primary from \(other.peer): a session with \(link.peer) is running")
+                    try? FrameConnection(other).send(Frame(.refuse, payload: Array("this standby already serves a primary (\(link.peer))".utf8)))
+                    other.shutdown()
+                }
+                exited.signal()
             }
+            thread.name = "understudy-standby-refuser"
+            thread.start()
         }
-        thread.name = "understudy-standby-refuser"
-        thread.start()
-        return done
+
+        func stop() {
+            guard stopped.withLock({ value in defer { value = true }; return !value }) else { return }
+            done.store(true, ordering: .relaxed)
+            exited.wait()
+        }
+    }
+
+    private func refuseOthers(while link: FrameConnection) -> Refuser {
+        Refuser(listener: listener, link: link, logger: logger)
     }
 
     /// A chunk of the initial disk copy: only before the first checkpoint
     /// commits (until then there is nothing to fail over to, so writing the
     /// image directly is safe).
     private func writeInitialDisk(_ frame: Frame, replica: ReplicaImage) throws {
-        guard replica.committedSequence == nil else { throw WireError.unexpected("disk data after the first checkpoint") }
+        guard !resuming, replica.committedSequence == nil || !replica.isIntact else {
+            throw WireError.unexpected("disk data after the first checkpoint, or into a replica being resumed")
+        }
         guard let disk = replica.disk else { throw WireError.unexpected("disk data for a standby without a disk") }
         guard frame.payload.count >= 8 else { throw WireError.malformed("disk data payload of \(frame.payload.count) bytes") }
         var offset: UInt64 = 0

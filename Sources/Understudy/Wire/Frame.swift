@@ -29,6 +29,11 @@ public struct Frame: Sendable, Equatable {
         /// Primary -> standby, before the first checkpoint: disk image bytes
         /// (payload: byte offset u64, then the bytes).
         case diskData = 10
+        /// Either way, inside a session: what arrived was damaged, too big, or
+        /// could not be applied (payload: the reason, UTF-8). The session ends
+        /// *without* a takeover: the standby keeps its last committed replica,
+        /// the primary keeps holding output and starts a new session at once.
+        case resync = 11
     }
 
     public static let magic: UInt32 = 0x5052_5355          // "USRP" little-endian

@@ -47,4 +47,19 @@ public final class FrameConnection: @unchecked Sendable {
 
     /// Ends the connection; blocked calls on other threads return with an error.
     public func shutdown() { connection.shutdown() }
+
+    /// Ends the session so that the peer surely reads `last` (a `resync` with
+    /// its reason): sends it, ends the sending direction, then reads and drops
+    /// whatever still arrives until the peer closes or `timeout` passes, so
+    /// that closing never resets the connection under the peer's unread frame
+    /// (a reset could make the peer see only "connection reset", which to a
+    /// standby means its primary is gone). Call from the connection's reader.
+    public func finish(with last: Frame, timeout: Duration) {
+        do { try send(last) } catch { return }
+        connection.shutdownSending()
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            do { _ = try receive(timeout: timeout) } catch { break }
+        }
+    }
 }

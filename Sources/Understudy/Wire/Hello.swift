@@ -1,12 +1,19 @@
 /// The handshake's opening (primary -> standby) and, with the same layout, the
 /// standby's welcome: what the standby must match to hold a replica of this guest.
 public struct Hello: Sendable, Equatable {
-    public static let protocolVersion: UInt16 = 1
-    public static let payloadSize = 60
+    /// 2: the guest id, the resume flag, and the `resync` frame.
+    public static let protocolVersion: UInt16 = 2
+    public static let payloadSize = 76
 
     public var version: UInt16
+    public var flags: Flags
     /// Random per session: a new standby, or a reconnect, is a new session.
     public var session: [UInt8]
+    /// Random per guest run, the same in every session of that run: a standby
+    /// that holds a committed replica of this guest (from a session that ended
+    /// without a takeover) keeps it until the new session's first checkpoint
+    /// commits, and the primary does not copy the disk again.
+    public var guest: [UInt8]
     public var memorySize: UInt64
     public var pageSize: UInt32
     /// Bit n set: the sender can decode `PageEncoding(rawValue: n)`.
@@ -19,6 +26,16 @@ public struct Hello: Sendable, Equatable {
     /// The guest's disk size in bytes (0 without a disk): the standby's image must match.
     public var diskSize: UInt64
 
+    public struct Flags: OptionSet, Sendable, Equatable {
+        public let rawValue: UInt16
+        public init(rawValue: UInt16) { self.rawValue = rawValue }
+        /// In a welcome: the standby holds an intact committed replica of this
+        /// guest, and its disk image is that checkpoint's. The primary sends the
+        /// disk extents written since its last acknowledged checkpoint with the
+        /// new full image instead of copying the whole disk.
+        public static let resume = Flags(rawValue: 1)
+    }
+
     public struct Devices: OptionSet, Sendable, Equatable {
         public let rawValue: UInt32
         public init(rawValue: UInt32) { self.rawValue = rawValue }
@@ -29,11 +46,13 @@ public struct Hello: Sendable, Equatable {
     /// Every page encoding this build decodes.
     public static let supportedCodecFeatures: UInt32 = PageEncoding.allCases.reduce(0) { $0 | 1 << UInt32($1.rawValue) }
 
-    public init(session: [UInt8], memorySize: UInt64, devices: Devices, epochMicroseconds: UInt32,
+    public init(session: [UInt8], guest: [UInt8] = [UInt8](repeating: 0, count: 16), memorySize: UInt64, devices: Devices, epochMicroseconds: UInt32,
                 mac: [UInt8] = [0, 0, 0, 0, 0, 0], diskSize: UInt64 = 0, version: UInt16 = Hello.protocolVersion, pageSize: UInt32 = 4096,
-                codecFeatures: UInt32 = Hello.supportedCodecFeatures) {
+                codecFeatures: UInt32 = Hello.supportedCodecFeatures, flags: Flags = []) {
         self.version = version
-        self.session = session
+        self.flags = flags
+        self.session = session.count == 16 ? session : Array((session + [UInt8](repeating: 0, count: 16)).prefix(16))
+        self.guest = guest.count == 16 ? guest : Array((guest + [UInt8](repeating: 0, count: 16)).prefix(16))
         self.memorySize = memorySize
         self.pageSize = pageSize
         self.codecFeatures = codecFeatures
@@ -43,7 +62,7 @@ public struct Hello: Sendable, Equatable {
         self.diskSize = diskSize
     }
 
-    /// A fresh random session id.
+    /// A fresh random session (or guest) id.
     public static func newSession() -> [UInt8] {
         var generator = SystemRandomNumberGenerator()
         return (0..<16).map { _ in UInt8.random(in: 0...255, using: &generator) }
@@ -54,8 +73,9 @@ public struct Hello: Sendable, Equatable {
     public var payload: [UInt8] {
         var out: [UInt8] = []
         out.appendLittleEndian(version)
-        out.appendLittleEndian(UInt16(0))
+        out.appendLittleEndian(flags.rawValue)
         out += session
+        out += guest
         out.appendLittleEndian(memorySize)
         out.appendLittleEndian(pageSize)
         out.appendLittleEndian(codecFeatures)
@@ -76,8 +96,10 @@ public struct Hello: Sendable, Equatable {
             throw .refused("protocol version \(version), this side speaks version \(Self.protocolVersion)")
         }
         guard payload.count == Self.payloadSize else { throw .malformed("hello payload of \(payload.count) bytes, expected \(Self.payloadSize)") }
-        _ = try reader.integer(UInt16.self)
+        flags = Flags(rawValue: try reader.integer())
+        guard flags.subtracting(.resume).isEmpty else { throw .malformed("hello flags 0x\(String(flags.rawValue, radix: 16))") }
         session = Array(try reader.take(16))
+        guest = Array(try reader.take(16))
         memorySize = try reader.integer()
         pageSize = try reader.integer()
         codecFeatures = try reader.integer()

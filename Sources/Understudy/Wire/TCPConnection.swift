@@ -85,6 +85,9 @@ public final class TCPConnection: @unchecked Sendable {
 
     /// Ends both directions: a thread blocked in send or receive returns with an error.
     public func shutdown() { _ = Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
+
+    /// Ends the sending direction only (the peer reads what was sent, then end of file).
+    public func shutdownSending() { _ = Glibc.shutdown(fd, Int32(SHUT_WR)) }
 }
 
 extension Duration {

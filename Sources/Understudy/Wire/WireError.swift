@@ -34,6 +34,18 @@ public enum WireError: Error, Equatable, Sendable, CustomStringConvertible {
     }
 }
 
+extension WireError {
+    /// Whether the error means the peer is gone (silence past the timeout, a
+    /// closed or reset connection) rather than that what it sent was wrong. Only
+    /// the first lets a standby take over (DESIGN.md invariant 6).
+    public var meansThePeerIsGone: Bool {
+        switch self {
+        case .closed, .timedOut, .system: true
+        case .badAddress, .malformed, .checksumMismatch, .refused, .unexpected: false
+        }
+    }
+}
+
 /// Little-endian reads from an untrusted payload; running short is a `.malformed` error.
 struct PayloadReader {
     private var bytes: ArraySlice<UInt8>

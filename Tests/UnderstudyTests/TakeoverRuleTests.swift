@@ -1,0 +1,65 @@
+import Foundation
+import Glibc
+import Logging
+import MicroVM
+import Synchronization
+import TestGuests
+import Testing
+@testable import Understudy
+
+/// Who takes over and when (DESIGN.md invariant 6): the standby takes over
+/// only when the primary is gone, and a primary that cannot go on hands over
+/// instead of running on beside the standby.
+@Suite("Takeover rules", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 10), .serialized)
+struct TakeoverRuleTests {
+    /// The primary host can no longer run the guest (KVM_RUN fails: its vCPU
+    /// file descriptor is replaced by /dev/null, a real failing ioctl). That is
+    /// a failover, not an orderly end: no goodbye goes to the standby, which
+    /// takes over; the primary is `.failed` and releases nothing any more.
+    @Test func hostFaultOnThePrimaryIsAFailover() throws {
+        let log = CollectedLog()
+        let receiver = try StandbyReceiver(configuration: StandbyConfiguration(listen: SocketAddress(host: "127.0.0.1", port: 0),
+                                                                               heartbeatTimeout: .seconds(5)), logger: log.logger)
+        let outcome = Mutex<StandbyReceiver.Outcome?>(nil)
+        Thread.detachNewThread { let result = receiver.run(); outcome.withLock { $0 = result } }
+        defer { receiver.stop() }
+
+        let world = Mutex<[UInt8]>([])
+        let output = OutputBuffer { _, bytes in world.withLock { $0 += bytes } }
+        let machine = try Machine(configuration: .init(memorySize: 32 << 20, commandLine: "pages=4 wss=64 every=2000", dirtyTracking: .bitmap),
+                                  console: { bytes in bytes.withUnsafeBytes { output.hold(.console, $0) } })
+        defer { machine.requestStop(); _ = machine.waitUntilStopped(timeout: TestHost.scaled(.seconds(10))) }
+        try machine.start()
+        var configuration = PrimaryConfiguration(standby: SocketAddress(host: "127.0.0.1", port: receiver.listener.port),
+                                                 engine: EngineConfiguration(epoch: .milliseconds(5)), heartbeatTimeout: .seconds(5))
+        configuration.statusInterval = nil
+        let primary = ReplicationPrimary(machine: machine, output: output, configuration: configuration, logger: log.logger)
+        try primary.start()
+        #expect(eventually(timeout: 120) { primary.status == .protected && world.withLock { $0.count } > 0 }, "\(log.text)")
+
+        // The fault: KVM_RUN on /dev/null fails with ENOTTY.
+        let null = open("/dev/null", O_RDWR)
+        #expect(dup2(null, machine.vcpus[0].fd) == machine.vcpus[0].fd)
+        close(null)
+        let reason = try #require(machine.waitUntilStopped(timeout: TestHost.scaled(.seconds(60))))
+        #expect(reason.isHostFault, "stopped for \(reason)")
+        primary.end(after: reason)
+
+        #expect(primary.status == .failed)
+        #expect(output.isSealed)
+        #expect(eventually(timeout: 60) { outcome.withLock { $0 } != nil }, "\(log.text)")
+        guard case .primaryLost = outcome.withLock({ $0 }) else {
+            Issue.record("the standby must take over, not hear goodbye: \(String(describing: outcome.withLock { $0 })); \(log.text)")
+            return
+        }
+        #expect(!log.text.contains("primary said goodbye"))
+        // Everything the world got is output of committed checkpoints: the
+        // standby's replica holds it (released, or to be released on takeover).
+        let released = world.withLock { $0 }
+        let seen = released.count
+        output.commit(upTo: .max - 1)
+        [UInt8]([0x21]).withUnsafeBytes { output.hold(.console, $0) }
+        output.passThrough()
+        #expect(world.withLock { $0 }.count == seen, "a sealed buffer releases nothing more")
+    }
+}
