@@ -1,5 +1,6 @@
 import Foundation
 import TestGuests
+import Understudy
 import Testing
 
 /// Primary and standby as separate processes on loopback, the built-in
@@ -116,6 +117,41 @@ struct ReplicationProcessTests {
         #expect(!standby.standardError.text.contains("taking over"), "standby: \(standby.standardError.text)")
         #expect(primary.standardOutput.lines == WorkloadReference.lines(cpu: 0, pages: Self.workload.pages, wss: Self.workload.wss,
                                                                         every: Self.workload.every, count: 30))
+    }
+
+    /// One bit flipped on the link between a protected primary and its standby,
+    /// in either direction. What arrives damaged ends the session *without* a
+    /// takeover (the peer is alive): the standby keeps its replica, the primary
+    /// keeps holding output and resynchronises, and is protected again. Only
+    /// one copy of the guest ever speaks; when the primary is then killed, the
+    /// standby's output continues the primary's exactly (the resync was right).
+    @Test(arguments: DamagingProxy.Direction.allCases)
+    func damagedFrameIsAResyncNotATakeover(direction: DamagingProxy.Direction) throws {
+        let (standby, port) = try Self.standby()
+        let proxy = try DamagingProxy(to: SocketAddress(host: "127.0.0.1", port: port))
+        defer { proxy.stop() }
+        let primary = try Self.primary(port: proxy.port)
+        let protected = { primary.standardError.text.components(separatedBy: "protected by the standby").count - 1 }
+        #expect(eventually(timeout: 120) { protected() == 1 && primary.standardOutput.lines.count >= 3 }, "\(primary.standardError.text)")
+        proxy.flipOneBit(direction)
+        #expect(eventually(timeout: 60) { proxy.flipped == 1 })
+        #expect(eventually(timeout: 120) { primary.standardError.text.contains("session ended for a resync") }, "primary: \(primary.standardError.text)")
+        #expect(eventually(timeout: 120) { protected() == 2 }, "protected again: \(primary.standardError.text)")
+        let before = primary.standardOutput.lines.count
+        #expect(eventually(timeout: 60) { primary.standardOutput.lines.count > before + 2 }, "the guest's output still flows")
+        #expect(standby.exitStatus == nil, "the standby runs on: \(standby.standardError.text)")
+        #expect(!standby.standardError.text.contains("taking over"), "no takeover: \(standby.standardError.text)")
+        #expect(standby.standardOutput.data.count == 0, "nothing ran on the standby")
+        #expect(!primary.standardError.text.contains("RUNNING UNPROTECTED"), "\(primary.standardError.text)")
+        #expect(standby.standardError.text.contains(direction == .toStandby ? "ending the session without a takeover" : "the primary ended the session for a resync"),
+                "\(standby.standardError.text)")
+
+        primary.signal(SIGKILL)
+        #expect(primary.waitForExit())
+        #expect(eventually(timeout: 120) { standby.standardOutput.lines.count >= 5 }, "the standby took over: \(standby.standardError.text)")
+        standby.signal(SIGTERM)
+        #expect(standby.waitForExit())
+        Self.expectContinuous(primary: primary.standardOutput.data, standby: standby.standardOutput.data, standbyLog: standby.standardError.text)
     }
 
     /// The primary's standard output is a pipe nobody reads any more: writing
