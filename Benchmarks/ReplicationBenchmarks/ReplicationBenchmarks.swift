@@ -94,21 +94,20 @@ enum InProcessReplication {
                                                                              engine: EngineConfiguration(epoch: epoch)), logger: logger)
         try primary.start()
         guard eventually(timeout: 60, { primary.status == .protected }) else { throw Failure(what: "never protected") }
-        let startStats = primary.statistics.count, startWire = primary.wireTotals
+        let startTotals = primary.totals, startWire = primary.wireTotals
         Thread.sleep(forTimeInterval: seconds)
-        let stats = Array(primary.statistics.dropFirst(startStats))
+        let stats = primary.totals - startTotals
         let wire = primary.wireTotals
         primary.stop()
         receiver.stop()
         machine.requestStop()
         _ = machine.waitUntilStopped()
-        let pauses = stats.map { Int($0.pause.components.attoseconds / 1_000_000_000_000) + Int($0.pause.components.seconds) * 1_000_000 }.sorted()
-        guard !pauses.isEmpty else { throw Failure(what: "no checkpoints") }
+        guard stats.epochs > 0 else { throw Failure(what: "no checkpoints") }
         let count = wire.checkpoints - startWire.checkpoints
-        return Figures(checkpointsPerSecond: Int(Double(stats.count) / seconds), pauseP50: pauses[pauses.count / 2],
-                       pauseP99: pauses[pauses.count * 99 / 100],
+        return Figures(checkpointsPerSecond: Int(Double(stats.epochs) / seconds), pauseP50: stats.pauses.quantileMicroseconds(0.5),
+                       pauseP99: stats.pauses.quantileMicroseconds(0.99),
                        wireBytesPerCheckpoint: (wire.bytes - startWire.bytes) / max(1, count),
-                       dirtyPagesPerCheckpoint: stats.map(\.dirtyPages).reduce(0, +) / stats.count)
+                       dirtyPagesPerCheckpoint: Int(stats.dirtyPages / stats.epochs))
     }
 }
 

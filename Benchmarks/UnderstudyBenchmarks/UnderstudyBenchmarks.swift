@@ -211,14 +211,13 @@ func loopBenchmarks() {
                 try machine.start()
                 try engine.start()
                 usleep(500_000)                               // past the full first checkpoint
-                let skip = engine.statistics.count
+                let skip = engine.epochCount
                 let steal = StealMeter()
                 usleep(3_000_000)
-                let all = engine.statistics
+                let window = engine.statistics(since: skip)
                 try engine.stop()
                 machine.requestStop()
                 _ = machine.waitUntilStopped()
-                let window = Array(all.dropFirst(skip))
                 let pauses = window.map(\.pause)
                 reports.append("loop \(name) \(epochMicroseconds) µs (host steal \(steal.percent) %): \(window.count / 3) checkpoints/s, dirty pages p50 \(window.map(\.dirtyPages).sorted()[window.count / 2]), "
                       + "pause p50 \(PauseSteps.micros(pauses, 0.5)) µs p99 \(PauseSteps.micros(pauses, 0.99)) µs max \(PauseSteps.micros(pauses, 1)) µs, "

@@ -74,7 +74,7 @@ public final class CheckpointEngine: @unchecked Sendable {
     private let queue = Mutex<[Int]>([])
     private let stopping = Atomic<Bool>(false)
     private let epochDone = Atomic<Bool>(false)
-    private let stats = Mutex<[EpochStatistics]>([])
+    private let stats = Mutex<EpochLog>(EpochLog())
     private let pending = Mutex<[UInt64: (Duration, Int, Bool, PauseBreakdown)]>([:])
     private var threads: [Thread] = []
     private let finished = DispatchSemaphore(value: 0)
@@ -156,8 +156,14 @@ public final class CheckpointEngine: @unchecked Sendable {
         if let error = failure.withLock({ $0 }) { throw error }
     }
 
-    /// Per-epoch figures so far.
-    public var statistics: [EpochStatistics] { stats.withLock { $0 } }
+    /// Per-epoch figures of the most recent epochs (at most `EpochLog.defaultCapacity`), oldest first.
+    public var statistics: [EpochStatistics] { stats.withLock { $0.recent } }
+    /// Epochs delivered so far.
+    public var epochCount: Int { stats.withLock { $0.count } }
+    /// Per-epoch figures of the epochs after the first `count` (as far as still kept).
+    public func statistics(since count: Int) -> [EpochStatistics] { stats.withLock { $0.recent(since: count) } }
+    /// Totals over every epoch so far (constant size).
+    public var totals: EpochTotals { stats.withLock { $0.totals } }
 
     private func epochLoop() {
         let clock = ContinuousClock()
@@ -218,11 +224,10 @@ public final class CheckpointEngine: @unchecked Sendable {
                 let (pause, pages, stretched, breakdown) = pending.withLock { $0.removeValue(forKey: staged.sequence) }
                     ?? (.zero, staged.count, false, PauseBreakdown())
                 stats.withLock {
-                    $0.append(EpochStatistics(sequence: checkpoint.sequence, pause: pause, dirtyPages: pages,
+                    $0.record(EpochStatistics(sequence: checkpoint.sequence, pause: pause, dirtyPages: pages,
                                               rawBytes: pages * pageSize + staged.state.count + staged.disk.count,
                                               encodedBytes: checkpoint.encodedSize, encodeTime: encodeTime, stretched: stretched,
                                               breakdown: breakdown))
-                    if $0.count > 100_000 { $0.removeFirst($0.count - 100_000) }
                 }
                 free.signal()
             }

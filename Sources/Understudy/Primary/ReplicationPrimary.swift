@@ -79,8 +79,8 @@ public final class ReplicationPrimary: @unchecked Sendable {
     /// Entered when the supervisor starts, left when it ends: every `stop()` waits on it.
     private let running = DispatchGroup()
     private let started = Mutex<Bool>(false)
-    /// Statistics of finished sessions' engines, and the current one's.
-    private let pastStatistics = Mutex<[EpochStatistics]>([])
+    /// Totals of finished sessions' engines, and the newest finished one's recent epochs.
+    private let past = Mutex<(totals: EpochTotals, recent: [EpochStatistics])>((EpochTotals(), []))
     private let wire = Mutex<(bytes: Int, checkpoints: Int)>((0, 0))
 
     /// Called once, from a replication thread, when this host cannot go on
@@ -102,9 +102,14 @@ public final class ReplicationPrimary: @unchecked Sendable {
     public var sessions: Int { state.withLock { $0.sessions } }
     /// The newest checkpoint the current standby acknowledged.
     public var acknowledged: UInt64? { state.withLock { $0.acked } }
-    /// Per-epoch figures of every session so far.
+    /// Per-epoch figures of the current session's most recent epochs (of the
+    /// last session's, between sessions), oldest first; bounded.
     public var statistics: [EpochStatistics] {
-        pastStatistics.withLock { $0 } + (state.withLock { $0.engine }?.statistics ?? [])
+        state.withLock { $0.engine }?.statistics ?? past.withLock { $0.recent }
+    }
+    /// Totals over every epoch of every session so far (constant size).
+    public var totals: EpochTotals {
+        past.withLock { $0.totals } + (state.withLock { $0.engine }?.totals ?? EpochTotals())
     }
     /// Bytes and checkpoints sent on the wire, all sessions.
     public var wireTotals: (bytes: Int, checkpoints: Int) { wire.withLock { $0 } }
@@ -463,8 +468,8 @@ public final class ReplicationPrimary: @unchecked Sendable {
             markLost("stopped")
             configuration.disk?.stopRecording()
         }
-        pastStatistics.withLock { $0 += engine.statistics }
-        state.withLock { $0.engine = nil }
+        let (totals, recent) = (engine.totals, engine.statistics)
+        state.withLock { $0.engine = nil; past.withLock { $0 = ($0.totals + totals, recent) } }
         return end
     }
 }

@@ -19,15 +19,16 @@ final class StatusReport: @unchecked Sendable {
 
     func start() {
         let thread = Thread { [self] in
-            var seen = primary.statistics.count
+            var totals = primary.totals
             var wire = primary.wireTotals
             while done.wait(timeout: .now() + .milliseconds(interval.milliseconds)) == .timedOut {
-                let all = primary.statistics
-                let fresh = all.count >= seen ? Array(all.dropFirst(seen)) : all
-                seen = all.count
-                let totals = primary.wireTotals
-                logger.info("\(line(fresh, bytes: totals.bytes - wire.bytes, checkpoints: totals.checkpoints - wire.checkpoints))")
-                wire = totals
+                let nowTotals = primary.totals, nowWire = primary.wireTotals
+                let output = primary.output
+                let text = Self.line(status: primary.status, epochs: nowTotals - totals, seconds: Double(interval.milliseconds) / 1000,
+                                     bytes: nowWire.bytes - wire.bytes, checkpoints: nowWire.checkpoints - wire.checkpoints,
+                                     held: (output.bytesHeld, output.oldestAge, output.maximumAge, output.dropped, output.consoleBytesDropped))
+                logger.info("\(text)")
+                (totals, wire) = (nowTotals, nowWire)
             }
         }
         thread.name = "understudy-status"
@@ -36,16 +37,15 @@ final class StatusReport: @unchecked Sendable {
 
     func stop() { done.signal() }
 
-    func line(_ epochs: [EpochStatistics], bytes: Int, checkpoints: Int) -> String {
-        let seconds = Double(interval.milliseconds) / 1000
-        let pauses = epochs.map { Int($0.pause.components.attoseconds / 1_000_000_000_000) + Int($0.pause.components.seconds) * 1_000_000 }.sorted()
-        let p50 = pauses.isEmpty ? 0 : pauses[pauses.count / 2]
-        let p99 = pauses.isEmpty ? 0 : pauses[pauses.count * 99 / 100]
-        let output = primary.output
-        return "status: \(primary.status.rawValue.uppercased()), " +
-            String(format: "%.0f checkpoints/s", Double(epochs.count) / seconds) +
-            ", pause p50 \(p50) µs p99 \(p99) µs, \(checkpoints > 0 ? bytes / checkpoints : 0) bytes/checkpoint, " +
-            "\(epochs.filter(\.stretched).count) stretched, held output \(output.bytesHeld) bytes " +
-            "(oldest \(output.oldestAge.milliseconds) ms, longest held \(output.maximumAge.milliseconds) ms), \(output.dropped) frames dropped"
+    /// One status line for an interval of `seconds` in which `epochs` were
+    /// checkpointed and `bytes` went out in `checkpoints` checkpoints.
+    static func line(status: ReplicationPrimary.Status, epochs: EpochTotals, seconds: Double, bytes: Int, checkpoints: Int,
+                     held: (bytes: Int, oldest: Duration, longest: Duration, framesDropped: Int, consoleBytesDropped: Int)) -> String {
+        "status: \(status.rawValue.uppercased()), " +
+            String(format: "%.0f checkpoints/s", Double(epochs.epochs) / max(seconds, 0.001)) +
+            ", pause p50 \(epochs.pauses.quantileMicroseconds(0.5)) µs p99 \(epochs.pauses.quantileMicroseconds(0.99)) µs, " +
+            "\(checkpoints > 0 ? bytes / checkpoints : 0) bytes/checkpoint, \(epochs.stretched) stretched, held output \(held.bytes) bytes " +
+            "(oldest \(held.oldest.milliseconds) ms, longest held \(held.longest.milliseconds) ms), \(held.framesDropped) frames dropped" +
+            (held.consoleBytesDropped > 0 ? ", \(held.consoleBytesDropped) console bytes dropped" : "")
     }
 }
