@@ -68,6 +68,43 @@ struct VirtioTests {
         #expect(dirty[0x50000 / 4096] && dirty[0x10000 / 4096 + 2], "receive buffer and used ring pages")
     }
 
+    /// A frame delivered by the receive thread and the guest's notification of
+    /// it are one step for a pause: quiescing the device (what a checkpoint's
+    /// pause does) cannot complete between them. The receive thread is held
+    /// inside the notification here; a pause that completes meanwhile would
+    /// capture a frame in the used ring with no event raised.
+    @Test func aPauseNeverFallsBetweenAFrameAndItsNotification() throws {
+        let memory = GuestMemory(try SharedMemory(size: 1 << 20))
+        let inNotify = DispatchSemaphore(value: 0), proceed = DispatchSemaphore(value: 0)
+        let notified = Atomic<Int>(0)
+        let net = VirtioNet(base: 0, memory: memory, mac: [2, 0, 0, 0, 0, 1], tap: nil, logger: Logger(label: "test")) {
+            inNotify.signal()
+            proceed.wait()
+            notified.add(1, ordering: .sequentiallyConsistent)
+        }
+        let driver = VirtioTestDriver(device: net, memory: memory)
+        #expect(driver.initialize(features: VirtioNet.featureMAC))
+        driver.offer(queue: 0, [(0x50000, 2048, true)])
+        let received = DispatchSemaphore(value: 0)
+        Thread.detachNewThread { net.receive([UInt8](repeating: 0xAB, count: 60)); received.signal() }
+        inNotify.wait()
+        let paused = DispatchSemaphore(value: 0)
+        let notifiedAtPause = Atomic<Int>(-1)
+        Thread.detachNewThread {
+            net.setQuiesced(true)
+            notifiedAtPause.store(notified.load(ordering: .sequentiallyConsistent), ordering: .sequentiallyConsistent)
+            paused.signal()
+        }
+        // Give the pause every chance to slip in while the notification is held.
+        let slippedIn = paused.wait(timeout: .now() + .milliseconds(300)) == .success
+        proceed.signal()
+        received.wait()
+        if !slippedIn { paused.wait() }
+        #expect(driver.used(queue: 0).count == 1)
+        #expect(notifiedAtPause.load(ordering: .sequentiallyConsistent) == 1,
+                "when the pause completed, the delivered frame's notification had been raised")
+    }
+
     /// Hostile chains: each breaks the device (needs reset) without crashing, and a
     /// reset makes it usable again.
     @Test(arguments: ["loop", "outside RAM", "indirect", "head out of range", "next out of range", "readable after writable", "huge length"])

@@ -110,16 +110,22 @@ public final class VirtioNet: VirtioDevice, @unchecked Sendable {
 
     /// Delivers a frame from outside (the tap thread, or a test). Returns false
     /// when it had to be held because no receive buffer was posted (only one frame is held).
+    ///
+    /// The frame and the guest's notification are one step under the device
+    /// lock: a pause (which quiesces the device under that lock) sees both or
+    /// neither, so a checkpoint never holds a delivered frame whose
+    /// notification is still to come (a replica resumed from it would have a
+    /// guest waiting for ever for a frame already in its ring).
     @discardableResult
     public func receive(_ frame: [UInt8]) -> Bool {
         lock.lock()
+        defer { lock.unlock() }
         var delivered = false
         do {
             if heldFrame == nil, try deliverLocked(frame) { delivered = true } else if heldFrame == nil { heldFrame = frame }
         } catch {
             fail(error)
         }
-        lock.unlock()
         if delivered { notifyGuest() }
         return delivered
     }
@@ -146,9 +152,9 @@ public final class VirtioNet: VirtioDevice, @unchecked Sendable {
                 fail(error)
             }
         }
+        if delivered { notifyGuest() }          // under the lock, as in `receive`
         let clear = heldFrame == nil
         lock.unlock()
-        if delivered { notifyGuest() }
         return clear
     }
 
