@@ -44,14 +44,14 @@ extension Machine {
                 rearmedPending = false
                 rearmPending = deferRearm
             case .ring:
-                for vcpu in vcpus {
-                    try vcpu.harvestDirtyRing { slotID, offset in
-                        let slot = Int(slotID & 0xFFFF)
-                        guard slot < slots.count, offset < UInt64(slots[slot].pageCount) else { return }
-                        bitmap[Int(slots[slot].guestPhysicalAddress / 4096) + Int(offset)] = true
+                for vcpu in vcpus { try harvestRing(of: vcpu, into: bitmap) }
+                try vm.resetDirtyRings()
+                ringOverflowLock.withLock {
+                    if let overflow = ringOverflow {
+                        bitmap.formUnion(overflow)
+                        overflow.removeAll()
                     }
                 }
-                try vm.resetDirtyRings()
             }
         } catch let error as KVMError {
             throw .kvm(error)
@@ -65,6 +65,31 @@ extension Machine {
 }
 
 extension Machine {
+    /// Moves `vcpu`'s harvested ring entries into `bitmap` (whole-RAM page numbers).
+    private func harvestRing(of vcpu: VCPU, into bitmap: DirtyBitmap) throws {
+        _ = try vcpu.harvestDirtyRing { slotID, offset in
+            let slot = Int(slotID & 0xFFFF)
+            guard slot < slots.count, offset < UInt64(slots[slot].pageCount) else { return }
+            bitmap[Int(slots[slot].guestPhysicalAddress / 4096) + Int(offset)] = true
+        }
+    }
+
+    /// `vcpu`'s dirty ring filled before anyone harvested it: a guest that wrote
+    /// more pages than the ring holds within one epoch, or nobody harvesting at
+    /// all (no standby, a disk copy or a full image in progress, a machine that
+    /// took over). The entries move into `ringOverflow` and the rings are reset,
+    /// so the vCPU runs on; the next `collectDirtyPages` includes those pages
+    /// (dirty completeness holds). Called on `vcpu`'s own thread, while the
+    /// machine runs (a harvest in a pause never runs at the same time).
+    func absorbFullRing(_ vcpu: VCPU) throws {
+        try ringOverflowLock.withLock {
+            let overflow = ringOverflow ?? DirtyBitmap(pageCount: memory.size / 4096)
+            ringOverflow = overflow
+            try harvestRing(of: vcpu, into: overflow)
+            try vm.resetDirtyRings()
+        }
+    }
+
     /// Slots with at most this many dirty pages are re-armed after the resume.
     public static let lateRearmLimit = 256
 

@@ -95,8 +95,13 @@ extension Machine {
                 handler(vcpu)
                 return true
             }
-            stop(.unexpectedExit(vcpu: index, exit: "dirty ring full with no handler"))
-            return false
+            do {
+                try absorbFullRing(vcpu)
+                return true
+            } catch {
+                stop(.hostError(vcpu: index, error: "emptying a full dirty ring: \(error)"))
+                return false
+            }
         case .shutdown:
             logger.error("vCPU \(index) shut down (triple fault): \(Self.describeFault(vcpu))")
             stop(.shutdown(vcpu: index))

@@ -49,8 +49,14 @@ public final class Machine: @unchecked Sendable {
     var rearmedPending = false
 
     /// Called on a vCPU thread when its dirty ring is full; must harvest and reset
-    /// the rings before returning. Without it a full ring stops the machine.
+    /// the rings before returning. Without it the machine absorbs the ring itself
+    /// (`absorbFullRing`): the pages wait for the next `collectDirtyPages`.
     public var onDirtyRingFull: (@Sendable (VCPU) -> Void)?
+
+    /// Pages taken from full dirty rings between harvests, whole-RAM numbering
+    /// (allocated on first use), and the lock vCPU threads take to add to it.
+    var ringOverflow: DirtyBitmap?
+    let ringOverflowLock = NSLock()
 
     // Lifecycle, guarded by `condition`.
     enum Phase: Equatable { case created, running, paused, stopped }
