@@ -9,9 +9,6 @@
 #   UNDERSTUDY_TEST_IN_BOX=1   run in the box even where /dev/kvm opens natively
 #                              (the box is how kvm_amd is tested on every host)
 #   UNDERSTUDY_TEST_LOG=FILE   keep the full test output there (default: a temp file)
-#   UNDERSTUDY_BOX_ALL=1       in the box, run also the tests listed in box_skips
-#                              below (they always run natively; in the box the
-#                              whole suite takes longer than CI's 90 minutes)
 #
 # The last lines say where the tests ran, on which KVM, how many passed, failed
 # and were skipped (and why), and how long the run took.
@@ -55,13 +52,7 @@ Scripts/build-guests.sh | tail -n 1
 
 bin=$("${build[@]}" --show-bin-path)
 tests=("$bin/UnderstudyPackageTests.xctest" --testing-library swift-testing)
-skip=()
 log=${UNDERSTUDY_TEST_LOG:-$(mktemp /tmp/understudy-tests.XXXXXX.log)}
-
-# Tests too slow for the box within CI's time (everything there is emulated,
-# the host-side code too), each covered in the box by a smaller test of the
-# same promise (Docs/Testing.md says which). A regular expression for --skip.
-box_skips='replicaMatchesGuestAtEveryCheckpoint'
 
 if [ "$in_box" = 0 ]; then
     where="natively on this host's /dev/kvm ($(kvm_module))"
@@ -79,12 +70,7 @@ else
     where="inside the KVM box (QEMU TCG, kvm_amd with nested paging), one test at a time"
     say "$reason: running the tests $where"
     set +e
-    skip=()
-    if [ "${UNDERSTUDY_BOX_ALL:-0}" != 1 ]; then
-        skip=(--skip "$box_skips")
-        say "not in the box (natively they run; UNDERSTUDY_BOX_ALL=1 runs them here too): $box_skips"
-    fi
-    Scripts/kvm-box.sh -- "${tests[@]}" --no-parallel "${skip[@]}" "$@" 2>&1 | tee "$log"
+    Scripts/kvm-box.sh -- "${tests[@]}" --no-parallel "$@" 2>&1 | tee "$log"
     status=${PIPESTATUS[0]}
     set -e
 fi
@@ -99,7 +85,6 @@ suites_skipped=$(grep -E '^. Suite .* skipped' <<<"$plain" || true)
 echo
 echo "================================================================"
 say "ran $where"
-[ -n "${skip[*]:-}" ] && say "left to native KVM hosts: ${skip[1]}"
 say "$passed passed, $failed failed, $skipped tests skipped; in $(( ($(date +%s) - started) / 60 )) min $(( ($(date +%s) - started) % 60 )) s (build included)"
 if [ -n "$suites_skipped" ]; then
     say "skipped suites, and why:"
