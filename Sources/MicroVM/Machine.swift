@@ -298,7 +298,13 @@ public final class Machine: @unchecked Sendable {
         for vcpu in vcpus { vcpu.requestExit() }
         condition.broadcast()
         while parked < threadsAlive { condition.wait() }
+        // Devices are quiesced outside this lock: a device thread delivers and
+        // notifies under its own lock, and the notification wakes vCPUs under
+        // this one (device lock, then machine lock). The vCPUs stay parked
+        // meanwhile (`pauseRequested`), and `resume` needs `phase == .paused`.
+        condition.unlock()
         for device in devices { device.setQuiesced(true) }
+        condition.lock()
         phase = stopping ? .stopped : .paused
         return clock.now - started
     }
@@ -311,9 +317,15 @@ public final class Machine: @unchecked Sendable {
         condition.lock()
         defer { condition.unlock() }
         guard phase == .paused else { throw .wrongState("resume: the machine is not paused (\(phase))") }
+        // Devices first, outside this lock as in `pause`; the vCPUs are still
+        // parked, and the checkpoint's capture is done, so what a device does
+        // now belongs to the next epoch.
+        condition.unlock()
+        for device in devices { device.setQuiesced(false) }
+        condition.lock()
+        guard phase == .paused else { throw .wrongState("resume: the machine is not paused (\(phase))") }
         pauseRequested = false
         captureRequested = false
-        for device in devices { device.setQuiesced(false) }
         for vcpu in vcpus { vcpu.clearExitRequest() }
         phase = .running
         condition.broadcast()
