@@ -64,8 +64,9 @@ final class DamagingProxy: @unchecked Sendable {
                 sink.shutdown()
                 return
             }
-            // Flip a bit past the first frame header of a chunk big enough to have one.
-            if count > 64, armed.withLock({ value in defer { if value == direction { value = nil } }; return value == direction }) {
+            // Flip a bit in the middle of a chunk that holds at least a frame
+            // header (the standby's acks and heartbeats come 24 bytes at a time).
+            if count >= 24, armed.withLock({ value in defer { if value == direction { value = nil } }; return value == direction }) {
                 buffer[count / 2] ^= 0x10
                 flips.add(1, ordering: .relaxed)
             }

@@ -57,9 +57,11 @@ public final class FrameConnection: @unchecked Sendable {
     public func finish(with last: Frame, timeout: Duration) {
         do { try send(last) } catch { return }
         connection.shutdownSending()
+        // Raw bytes, not frames: the stream may be the damaged one that ended
+        // the session, and the decoder would stop at the damage again.
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
-            do { _ = try receive(timeout: timeout) } catch { break }
+            do { _ = try connection.receive(into: receiveBuffer, timeout: timeout) } catch { break }
         }
     }
 }
