@@ -19,13 +19,14 @@ func fileDigest(_ path: String) throws -> UInt32 {
 @Suite("Disk replication", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 5), .serialized)
 struct DiskReplicationTests {
     /// A journal machine on `image`, its writes recorded in a `DiskWriteLog`.
-    static func journal(image: String, options: String = "flush_every=4") throws -> (Machine, DiskWriteLog) {
+    static func journal(image: String, options: String = "flush_every=4", epochBudget: Int? = nil) throws -> (Machine, DiskWriteLog) {
         var configuration = MachineConfiguration(name: "journal", memorySize: 32 << 20, image: try GuestPrograms.image("journal"),
                                                  commandLine: options, dirtyTracking: .bitmap)
         configuration.disk = DiskConfiguration(path: image)
         let machine = try Machine(configuration: configuration, console: { _ in })
         let block = try #require(machine.block)
-        let log = DiskWriteLog(fd: block.fd, size: block.sectors * 512)
+        let log = epochBudget.map { DiskWriteLog(fd: block.fd, size: block.sectors * 512, epochBudget: $0) }
+            ?? DiskWriteLog(fd: block.fd, size: block.sectors * 512)
         block.writeHook = { offset, bytes in log.write(offset: offset, bytes) }
         block.flushHook = { log.flush() }
         return (machine, log)
@@ -89,6 +90,40 @@ struct DiskReplicationTests {
         }
         #expect(epochsWithWrites > 10)
         #expect(try JournalImage.recordCount(path: standbyImage) > 20)
+    }
+
+    /// A guest writing its disk as fast as it can while the link is slower than
+    /// it (here each checkpoint takes the sink 100 ms): an epoch that reaches
+    /// the disk budget ends early, and while the link is behind the guest waits,
+    /// paused, instead of writing on into a checkpoint that would grow towards
+    /// what a standby accepts. No checkpoint carries much more than the budget,
+    /// every one applies, and the guest still makes progress.
+    @Test func aFastWriterOnASlowLinkIsThrottled() throws {
+        let budget = 32 << 10
+        let primaryImage = JournalImage.makeImage(megabytes: 64)
+        let standbyImage = JournalImage.makeImage(megabytes: 64)
+        defer { try? FileManager.default.removeItem(atPath: primaryImage); try? FileManager.default.removeItem(atPath: standbyImage) }
+        let (machine, log) = try Self.journal(image: primaryImage, options: "flush_every=64", epochBudget: budget)
+        defer { machine.requestStop(); _ = machine.waitUntilStopped(timeout: TestHost.scaled(.seconds(10))) }
+        let (replica, disk, engine) = try Self.replication(of: machine, log: log, standbyImage: standbyImage)
+        try machine.start()
+        log.beginSync()
+        try DiskSync.copy(log: log, send: { offset, bytes in try disk.write(offset: offset, bytes[...]) })
+        let largest = Mutex<Int>(0), applied = Mutex<Int>(0), failure = Mutex<String?>(nil)
+        engine.sink = { checkpoint in
+            largest.withLock { $0 = max($0, checkpoint.disk.count) }
+            do { try replica.apply(checkpoint) } catch { failure.withLock { $0 = "\(error)" } }
+            usleep(100_000)                                     // the slow link
+            applied.withLock { $0 += 1 }
+        }
+        try engine.start()
+        #expect(eventually(timeout: 300) { applied.withLock { $0 } >= 30 })
+        try engine.stop()
+        #expect(failure.withLock { $0 } == nil)
+        #expect(engine.throttledEpochs > 0, "the guest was held back while the link was behind")
+        // The budget, plus what one request in flight and the record headers add.
+        #expect(largest.withLock { $0 } <= budget + (64 << 10), "largest checkpoint: \(largest.withLock { $0 }) bytes of disk writes")
+        #expect(try JournalImage.recordCount(path: standbyImage) > 100, "the guest went on writing")
     }
 
     /// A new standby receives a 1 GiB sparse image while the guest writes to it:

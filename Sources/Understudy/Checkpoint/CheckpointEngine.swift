@@ -74,6 +74,9 @@ public final class CheckpointEngine: @unchecked Sendable {
     private let queue = Mutex<[Int]>([])
     private let stopping = Atomic<Bool>(false)
     private let epochDone = Atomic<Bool>(false)
+    /// Ends the current epoch early (the disk log reached its epoch budget).
+    private let epochWake = DispatchSemaphore(value: 0)
+    private let throttleCount = Atomic<Int>(0)
     private let stats = Mutex<EpochLog>(EpochLog())
     private let pending = Mutex<[UInt64: (Duration, Int, Bool, PauseBreakdown)]>([:])
     private var threads: [Thread] = []
@@ -138,6 +141,7 @@ public final class CheckpointEngine: @unchecked Sendable {
         guard threads.isEmpty else { throw .alreadyRunning }
         stopping.store(false, ordering: .relaxed)
         epochDone.store(false, ordering: .sequentiallyConsistent)
+        diskLog?.budgetReached = { [epochWake] in epochWake.signal() }
         let epochThread = Thread { [self] in epochLoop(); finished.signal() }
         epochThread.name = "understudy-epoch"
         let encoderThread = Thread { [self] in encoderLoop(); finished.signal() }
@@ -164,6 +168,9 @@ public final class CheckpointEngine: @unchecked Sendable {
     public func statistics(since count: Int) -> [EpochStatistics] { stats.withLock { $0.recent(since: count) } }
     /// Totals over every epoch so far (constant size).
     public var totals: EpochTotals { stats.withLock { $0.totals } }
+    /// Epochs in which the guest was paused early, waiting for the encoder or
+    /// the link, because it had written its disk budget (`DiskWriteLog.epochBudget`).
+    public var throttledEpochs: Int { throttleCount.load(ordering: .relaxed) }
 
     private func epochLoop() {
         let clock = ContinuousClock()
@@ -171,19 +178,41 @@ public final class CheckpointEngine: @unchecked Sendable {
         var turn = 0
         while !stopping.load(ordering: .relaxed) {
             let now = clock.now
-            if deadline > now { Thread.sleep(forTimeInterval: Double((deadline - now).components.attoseconds) / 1e18 + Double((deadline - now).components.seconds)) }
-            // A free staging buffer: if none, the encoder is behind and this epoch stretches.
+            // The epoch ends at its deadline, or earlier when the guest has
+            // written its disk budget.
+            if deadline > now { _ = epochWake.wait(timeout: .now() + .nanoseconds(Int((deadline - now).wholeMicroseconds) * 1000)) }
+            // A free staging buffer: if none, the encoder (or the link behind it)
+            // is behind and this epoch stretches, the guest running on; but a
+            // guest that has written its disk budget waits, paused, so that no
+            // checkpoint grows towards what a standby accepts.
             var stretched = false
-            if free.wait(timeout: .now()) == .timedOut {
-                stretched = true
-                free.wait()
+            var pausedEarly = false
+            var started = clock.now
+            do {
+                if free.wait(timeout: .now()) == .timedOut {
+                    stretched = true
+                    while free.wait(timeout: .now() + .milliseconds(1)) == .timedOut {
+                        if !pausedEarly, diskLog?.isOverBudget == true {
+                            started = clock.now
+                            try machine.pauseForCheckpoint()
+                            pausedEarly = true
+                            throttleCount.add(1, ordering: .relaxed)
+                        }
+                    }
+                }
+            } catch {
+                failure.withLock { if $0 == nil { $0 = error } }
+                try? machine.resumeAfterCheckpoint()
+                stopping.store(true, ordering: .relaxed)
+                failureHandler?(error)
+                break
             }
             let staged = buffers[turn]
-            let started = clock.now
+            if !pausedEarly { started = clock.now }
             var breakdown: PauseBreakdown
             var resumed = started
             do {
-                try machine.pauseForCheckpoint()
+                if !pausedEarly { try machine.pauseForCheckpoint() }
                 let stopped = clock.now
                 breakdown = try captureWhilePaused(into: staged)
                 breakdown.stop = stopped - started

@@ -23,9 +23,11 @@ import Glibc
 ///
 /// Bounded: an epoch's records are capped at `recordCap` (32 MiB); past the cap
 /// the epoch's writes collapse into extents, re-read from the image at the
-/// checkpoint (same result, no extra memory). A checkpoint carries at most
-/// `CheckpointBegin.maximumDiskBytes` (256 MiB) of writes: a standby refuses
-/// more, the session ends and the next one starts with a fresh copy.
+/// checkpoint (same result, no extra memory). A checkpoint may carry at most
+/// `CheckpointBegin.maximumDiskBytes` (256 MiB) of writes; an epoch that has
+/// written `epochBudget` (64 MiB) is ended early by the engine, and when the
+/// link is behind the guest is paused until it catches up, so a checkpoint
+/// stays far below the bound however fast the guest writes.
 public final class DiskWriteLog: @unchecked Sendable {
     /// The primary's image, read when extents must be resent.
     public let fd: Int32
@@ -48,24 +50,49 @@ public final class DiskWriteLog: @unchecked Sendable {
     /// Bytes of writes recorded per epoch, for statistics (the latest closed epoch).
     public private(set) var lastEpochBytes = 0
 
+    /// Bytes the guest wrote in the open epoch (records and extents alike).
+    private var epochBytes = 0
+    private var budgetSignalled = false
+    /// What one epoch may write before the engine ends it early, or, when the
+    /// link is behind, pauses the guest until it catches up: a quarter of what
+    /// a standby accepts in one checkpoint (`CheckpointBegin.maximumDiskBytes`),
+    /// so a checkpoint never approaches that bound.
+    public let epochBudget: Int
+    /// Called (on the writing thread, once per epoch) when the open epoch's
+    /// writes reach `epochBudget`. The engine sets it to end the epoch early.
+    public var budgetReached: (@Sendable () -> Void)? {
+        get { lock.withLock { onBudget } }
+        set { lock.withLock { onBudget = newValue } }
+    }
+    private var onBudget: (@Sendable () -> Void)?
+
     /// `fd` must stay open as long as the log is used.
-    public init(fd: Int32, size: UInt64) {
+    public init(fd: Int32, size: UInt64, epochBudget: Int = CheckpointBegin.maximumDiskBytes / 4) {
         self.fd = fd
         self.size = size
+        self.epochBudget = max(1, min(epochBudget, CheckpointBegin.maximumDiskBytes / 2))
     }
+
+    /// Whether the open epoch's writes reached `epochBudget`.
+    public var isOverBudget: Bool { lock.withLock { epochBytes >= epochBudget } }
 
     /// The guest wrote `bytes` at byte `offset` (already on the primary's image).
     public func write(offset: UInt64, _ bytes: UnsafeRawBufferPointer) {
-        lock.withLock {
-            guard recording else { return }
+        let signal: (@Sendable () -> Void)? = lock.withLock {
+            guard recording else { return nil }
             epochExtents.append((offset, bytes.count))
+            epochBytes += bytes.count
             if tracking || records.count + bytes.count + 13 > Self.recordCap {
                 extents.append((offset, bytes.count))
                 tracking = true
-                return
+            } else {
+                DiskRecord.appendWrite(offset: offset, bytes, to: &records)
             }
-            DiskRecord.appendWrite(offset: offset, bytes, to: &records)
+            guard epochBytes >= epochBudget, !budgetSignalled else { return nil }
+            budgetSignalled = true
+            return onBudget
         }
+        signal?()
     }
 
     /// Writes kept as records per epoch; past this, as extents re-read at the checkpoint.
@@ -167,6 +194,8 @@ public final class DiskWriteLog: @unchecked Sendable {
             unacknowledged.append((sequence, Self.merged(epochExtents)))
         }
         epochExtents.removeAll(keepingCapacity: true)
+        epochBytes = 0
+        budgetSignalled = false
         lock.unlock()
         for (offset, length) in DiskWriteLog.merged(resend) {
             var chunkStart = offset
