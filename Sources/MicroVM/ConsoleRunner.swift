@@ -66,6 +66,7 @@ public enum ConsoleRunner {
 
         let primary: ReplicationPrimary?
         if case .standby(var configuration) = protection {
+            configuration.platform = try machine.platform
             configuration.devices = []
             if let net = machine.net {
                 configuration.devices.insert(.network)

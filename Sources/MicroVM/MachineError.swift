@@ -14,6 +14,8 @@ public enum MachineError: Error, Equatable, Sendable, CustomStringConvertible {
     case wrongState(String)
     /// A thread could not be started.
     case thread(errno: Int32)
+    /// This host cannot run the guest a primary describes (`reason` says why).
+    case cannotRun(String)
 
     public var description: String {
         switch self {
@@ -23,6 +25,7 @@ public enum MachineError: Error, Equatable, Sendable, CustomStringConvertible {
         case .invalidState(let part, let why): "invalid saved state in \(part): \(why)"
         case .wrongState(let why): "\(why)"
         case .thread(let errno): "pthread_create failed (errno \(errno))"
+        case .cannotRun(let why): why
         }
     }
 

@@ -32,8 +32,10 @@ public enum StandbyRunner {
             devices.insert(.disk)
             disk = try ReplicaDisk(path: path)
         }
-        return try StandbyReceiver(configuration: StandbyConfiguration(listen: options.listen, heartbeatTimeout: options.heartbeatTimeout,
-                                                                      devices: devices, disk: disk), logger: logger)
+        var configuration = StandbyConfiguration(listen: options.listen, heartbeatTimeout: options.heartbeatTimeout, devices: devices, disk: disk)
+        let tap = options.tap
+        configuration.preflight = { hello in try Machine.preflight(hello, tap: tap) }
+        return try StandbyReceiver(configuration: configuration, logger: logger)
     }
 
     /// Serves until the primary says goodbye (0), a signal arrives (0), or the

@@ -63,3 +63,57 @@ struct TakeoverRuleTests {
         #expect(world.withLock { $0 }.count == seen, "a sealed buffer releases nothing more")
     }
 }
+
+/// A standby learns at the handshake, not at takeover, whether it can run the
+/// guest: each thing it could not do refuses the session with the reason (the
+/// primary then logs it and runs unprotected, loudly).
+@Suite("Standby preflight", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 5), .serialized)
+struct StandbyPreflightTests {
+    enum Mismatch: String, CaseIterable, Sendable {
+        case none, cpuFeature, otherVMM, stateFormat, xsave, tsc, tapThatDoesNotOpen
+    }
+
+    @Test(arguments: Mismatch.allCases)
+    func refusedAtTheHandshakeWithTheReason(mismatch: Mismatch) throws {
+        let log = CollectedLog()
+        let tap: String? = mismatch == .tapThatDoesNotOpen ? "understudy-no-such-tap-name" : nil     // over IFNAMSIZ
+        let receiver = try StandbyRunner.receiver(.init(listen: SocketAddress(host: "127.0.0.1", port: 0), tap: tap), logger: log.logger)
+        let served = ThreadRunner { receiver.run() }
+        defer { receiver.stop(); _ = try? served.join() }
+
+        // What the guest of a real machine on this host looks like.
+        let machine = try Machine(configuration: .init(memorySize: 16 << 20, commandLine: "pages=1 wss=1 every=1000"), console: { _ in })
+        var platform = try machine.platform
+        #expect(platform.vmm == "microvm" && platform.xsaveBytes >= 512 && platform.cpuFeatures.words.contains { $0 != 0 })
+        var devices: Hello.Devices = []
+        switch mismatch {
+        case .none: break
+        case .cpuFeature: platform.cpuFeatures.words[4] = 0xFFFF_FFFF          // every CPUID.7.EDX feature
+        case .otherVMM: platform.vmm = "othervmm"
+        case .stateFormat: platform.stateFormat = 99
+        case .xsave: platform.xsaveBytes = 1 << 30
+        case .tsc: platform.tscKilohertz = platform.tscKilohertz / 10 * 11 + 1
+        case .tapThatDoesNotOpen: devices = [.network]
+        }
+        let link = FrameConnection(try TCPConnection.connect(to: SocketAddress(host: "127.0.0.1", port: receiver.listener.port)))
+        try link.send(Frame(.hello, payload: Hello(session: Hello.newSession(), memorySize: UInt64(machine.memory.size), devices: devices,
+                                                   epochMicroseconds: 5000, platform: platform).payload))
+        let answer = try link.receive(timeout: .seconds(30))
+        let reason = String(decoding: answer.payload, as: UTF8.self)
+        let expected: String
+        switch mismatch {
+        case .none:
+            #expect(answer.kind == .welcome, "\(reason)")
+            return
+        case .cpuFeature: expected = "lacks CPU features the guest was shown: CPUID.7.EDX bit"
+        case .otherVMM: expected = "VMM 'othervmm'"
+        case .stateFormat: expected = "state format 99"
+        case .xsave: expected = "XSAVE area is 1073741824 bytes"
+        case .tsc: expected = "TSC runs at"
+        case .tapThatDoesNotOpen: expected = "the tap understudy-no-such-tap-name does not open"
+        }
+        #expect(answer.kind == .refuse)
+        #expect(reason.contains("this standby cannot run the guest: ") && reason.contains(expected), "\(reason)")
+        #expect(log.text.contains(expected), "the standby logs it too")
+    }
+}

@@ -18,6 +18,8 @@ public struct PrimaryConfiguration: Sendable {
     /// The guest's block writes, when it has a disk: copied whole to each new
     /// standby, then sent with every checkpoint.
     public var disk: DiskWriteLog?
+    /// What a standby needs to run the guest (the VMM fills it in; the hello carries it).
+    public var platform = Hello.Platform()
 
     public init(standby: SocketAddress, engine: EngineConfiguration = EngineConfiguration(),
                 heartbeatTimeout: Duration = StandbyConfiguration.defaultHeartbeatTimeout,
@@ -241,7 +243,7 @@ public final class ReplicationPrimary: @unchecked Sendable {
         let link = FrameConnection(connection)
         let hello = Hello(session: Hello.newSession(), guest: guest, memorySize: UInt64(machine.guestMemorySize), devices: configuration.devices,
                           epochMicroseconds: UInt32(clamping: configuration.engine.epoch.milliseconds * 1000), mac: configuration.mac,
-                          diskSize: configuration.disk?.size ?? 0)
+                          diskSize: configuration.disk?.size ?? 0, platform: configuration.platform)
         try link.send(Frame(.hello, payload: hello.payload))
         let reply = try link.receive(timeout: .seconds(5))
         let resume: Bool

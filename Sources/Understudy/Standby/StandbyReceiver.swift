@@ -15,6 +15,11 @@ public struct StandbyConfiguration: Sendable {
     public var handshakeTimeout: Duration
     /// The disk image the guest's disk is replicated into (same size as the primary's).
     public var disk: ReplicaDisk?
+    /// Checks, at the handshake, that this host can run the guest the hello
+    /// describes (the VMM supplies it: /dev/kvm, CPU features, the tap, the
+    /// state format). A throw refuses the session with its description, so a
+    /// standby that could not take over never pretends to protect the guest.
+    public var preflight: (@Sendable (Hello) throws -> Void)?
 
     public init(listen: SocketAddress, heartbeatTimeout: Duration = StandbyConfiguration.defaultHeartbeatTimeout,
                 devices: Hello.Devices = [], maximumMemory: UInt64 = 64 << 30, handshakeTimeout: Duration = .seconds(5),
@@ -247,6 +252,9 @@ public final class StandbyReceiver: @unchecked Sendable {
         }
         if offered.devices.contains(.disk), let disk = configuration.disk, disk.size != offered.diskSize {
             throw WireError.refused("the guest's disk is \(offered.diskSize) bytes, this standby's image \(disk.path) is \(disk.size)")
+        }
+        if let preflight = configuration.preflight {
+            do { try preflight(offered) } catch { throw WireError.refused("this standby cannot run the guest: \(error)") }
         }
         var welcome = offered
         welcome.flags = []

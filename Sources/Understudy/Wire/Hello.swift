@@ -1,9 +1,11 @@
+import KVM
+
 /// The handshake's opening (primary -> standby) and, with the same layout, the
 /// standby's welcome: what the standby must match to hold a replica of this guest.
 public struct Hello: Sendable, Equatable {
     /// 2: the guest id, the resume flag, and the `resync` frame.
     public static let protocolVersion: UInt16 = 2
-    public static let payloadSize = 76
+    public static let payloadSize = 76 + Platform.size
 
     public var version: UInt16
     public var flags: Flags
@@ -25,6 +27,53 @@ public struct Hello: Sendable, Equatable {
     public var mac: [UInt8]
     /// The guest's disk size in bytes (0 without a disk): the standby's image must match.
     public var diskSize: UInt64
+    /// What the standby needs to run the guest: which VMM and state format, the
+    /// guest's TSC rate, XSAVE area and CPU features. A standby checks it at
+    /// the handshake (`StandbyConfiguration.preflight`), not at takeover.
+    public var platform: Platform
+
+    /// The VMM side of the hello (56 bytes).
+    public struct Platform: Sendable, Equatable {
+        static let size = 16 + 4 + 4 + 4 + 28
+        /// The VMM whose state the checkpoints carry, e.g. "microvm" (at most 16 bytes of UTF-8).
+        public var vmm: String
+        /// The version of that VMM's state format.
+        public var stateFormat: UInt32
+        /// The guest's TSC frequency in kHz (0: not given).
+        public var tscKilohertz: UInt32
+        /// The size of the guest's XSAVE area in the state.
+        public var xsaveBytes: UInt32
+        /// The CPU features the guest was shown.
+        public var cpuFeatures: CPUFeatures
+
+        public init(vmm: String = "", stateFormat: UInt32 = 0, tscKilohertz: UInt32 = 0, xsaveBytes: UInt32 = 0,
+                    cpuFeatures: CPUFeatures = CPUFeatures(words: [])) {
+            self.vmm = String(decoding: Array(vmm.utf8.prefix(16)), as: UTF8.self)
+            self.stateFormat = stateFormat
+            self.tscKilohertz = tscKilohertz
+            self.xsaveBytes = xsaveBytes
+            self.cpuFeatures = cpuFeatures
+        }
+
+        func append(to out: inout [UInt8]) {
+            out += Array(vmm.utf8.prefix(16)) + [UInt8](repeating: 0, count: 16 - min(16, vmm.utf8.count))
+            out.appendLittleEndian(stateFormat)
+            out.appendLittleEndian(tscKilohertz)
+            out.appendLittleEndian(xsaveBytes)
+            for word in cpuFeatures.words { out.appendLittleEndian(word) }
+        }
+
+        init(reading reader: inout PayloadReader) throws(WireError) {
+            let name = Array(try reader.take(16))
+            vmm = String(decoding: name.prefix { $0 != 0 }, as: UTF8.self)
+            stateFormat = try reader.integer()
+            tscKilohertz = try reader.integer()
+            xsaveBytes = try reader.integer()
+            var words: [UInt32] = []
+            for _ in 0..<7 { words.append(try reader.integer()) }
+            cpuFeatures = CPUFeatures(words: words)
+        }
+    }
 
     public struct Flags: OptionSet, Sendable, Equatable {
         public let rawValue: UInt16
@@ -48,7 +97,8 @@ public struct Hello: Sendable, Equatable {
 
     public init(session: [UInt8], guest: [UInt8] = [UInt8](repeating: 0, count: 16), memorySize: UInt64, devices: Devices, epochMicroseconds: UInt32,
                 mac: [UInt8] = [0, 0, 0, 0, 0, 0], diskSize: UInt64 = 0, version: UInt16 = Hello.protocolVersion, pageSize: UInt32 = 4096,
-                codecFeatures: UInt32 = Hello.supportedCodecFeatures, flags: Flags = []) {
+                codecFeatures: UInt32 = Hello.supportedCodecFeatures, flags: Flags = [], platform: Platform = Platform()) {
+        self.platform = platform
         self.version = version
         self.flags = flags
         self.session = session.count == 16 ? session : Array((session + [UInt8](repeating: 0, count: 16)).prefix(16))
@@ -84,6 +134,7 @@ public struct Hello: Sendable, Equatable {
         out += mac
         out += [0, 0]
         out.appendLittleEndian(diskSize)
+        platform.append(to: &out)
         return out
     }
 
@@ -108,6 +159,7 @@ public struct Hello: Sendable, Equatable {
         mac = Array(try reader.take(6))
         _ = try reader.take(2)
         diskSize = try reader.integer()
+        platform = try Platform(reading: &reader)
         try reader.finish()
     }
 }
