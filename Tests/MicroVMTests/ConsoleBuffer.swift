@@ -23,10 +23,13 @@ final class ConsoleBuffer: Sendable {
     func lines(cpu: Int) -> [String] { lines.filter { $0.hasSuffix(" cpu=\(cpu)") } }
 }
 
-/// Stops `machine` and checks what the workload printed on each of its vCPUs:
-/// at least `atLeast` lines, each exactly the computed one.
+/// Waits until the workload printed `atLeast` lines on each of its vCPUs
+/// (progress is waited for, never assumed from the time a test took: in the
+/// KVM box a line takes ten times longer), stops `machine`, and checks that
+/// every line is exactly the computed one.
 func stopAndExpectExactWorkload(_ machine: Machine, console: ConsoleBuffer, cpus: Int, pages: Int, wss: Int, every: Int,
                                 atLeast: Int) {
+    _ = eventually(timeout: 120) { (0..<cpus).allSatisfy { console.lines(cpu: $0).count >= atLeast } || machine.hasStopped }
     machine.requestStop()
     #expect(machine.waitUntilStopped(timeout: TestHost.scaled(.seconds(10))) == .requested)
     for cpu in 0..<cpus {
