@@ -68,6 +68,8 @@ public final class CheckpointEngine: @unchecked Sendable {
     private let dirty: DirtyBitmap
     private let encoder: CheckpointEncoder
     private var nextSequence: UInt64 = 0
+    /// Set by `precopy`: the first checkpoint carries only what changed since.
+    private var precopied = false
     private let buffers = [StagedCheckpoint(), StagedCheckpoint()]
     private let free = DispatchSemaphore(value: 2)
     private let ready = DispatchSemaphore(value: 0)
@@ -115,7 +117,7 @@ public final class CheckpointEngine: @unchecked Sendable {
         }
         dirty.removeAll()
         try machine.collectDirtyPages(into: dirty)
-        let isFull = nextSequence == 0
+        let isFull = nextSequence == 0 && !precopied
         if isFull { for i in 0..<dirty.pageCount { dirty[i] = true } }
         breakdown.harvest = lap()
         staged.fill(sequence: nextSequence, isFull: isFull, dirty: dirty, memory: machine.guestMemoryBase)
@@ -127,6 +129,37 @@ public final class CheckpointEngine: @unchecked Sendable {
         breakdown.state = lap()
         nextSequence += 1
         return breakdown
+    }
+
+    /// Copies all of guest RAM through `send` while the guest runs, before the
+    /// first checkpoint, so that checkpoint's pause copies only the pages
+    /// dirtied since instead of all of RAM (stop-and-copy). A short pause first
+    /// restarts dirty tracking; any page the guest (or the VMM) writes during
+    /// the copy, a page read torn included, is in the first checkpoint, which is
+    /// then not a full image. `send` gets the first page number and whole pages,
+    /// at most `chunkPages` at a time; `progress` (pages sent, total) after each.
+    public func precopy(chunkPages: Int = 255, progress: ((Int, Int) -> Void)? = nil,
+                        send: (Int, UnsafeRawBufferPointer) throws -> Void) throws {
+        guard nextSequence == 0, threads.isEmpty else { throw EngineError.invalidConfiguration("pre-copy comes before the first checkpoint") }
+        try machine.pauseForCheckpoint()
+        do {
+            dirty.removeAll()
+            try machine.collectDirtyPages(into: dirty)
+        } catch {
+            try? machine.resumeAfterCheckpoint()
+            throw error
+        }
+        try machine.resumeAfterCheckpoint()
+        try machine.completeCheckpoint()
+        let total = dirty.pageCount
+        var page = 0
+        while page < total {
+            let count = min(max(1, chunkPages), total - page)
+            try send(page, UnsafeRawBufferPointer(start: machine.guestMemoryBase + page * pageSize, count: count * pageSize))
+            page += count
+            progress?(page, total)
+        }
+        precopied = true
     }
 
     /// Encodes a staged checkpoint (on the caller's thread).

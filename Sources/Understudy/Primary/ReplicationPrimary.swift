@@ -416,6 +416,30 @@ public final class ReplicationPrimary: @unchecked Sendable {
                 do { try copyDisk(disk, over: link) } catch { markLost("copying the disk: \(error)") }
             }
         }
+        // A new replica gets guest RAM while the guest runs, so the first
+        // checkpoint's pause copies only what changed meanwhile. A resumed
+        // replica keeps its committed image until a whole one replaces it.
+        if !resume, lost.withLock({ $0 }) == nil {
+            let started = ContinuousClock.now
+            var tenth = 0
+            do {
+                try engine.precopy(progress: { done, total in
+                    if done * 10 / total > tenth {
+                        tenth = done * 10 / total
+                        self.logger.info("copying guest RAM to the standby: \(tenth * 10)% of \(total * pageSize >> 20) MiB")
+                    }
+                }, send: { firstPage, pages in
+                    var payload: [UInt8] = []
+                    payload.reserveCapacity(4 + pages.count)
+                    payload.appendLittleEndian(UInt32(firstPage))
+                    payload += pages
+                    try link.send(Frame(.memoryData, payload: payload))
+                })
+                logger.info("guest RAM copied while it ran", metadata: ["time": "\(ContinuousClock.now - started)"])
+            } catch {
+                if let wire = error as? WireError, !wire.meansThePeerIsGone { markResync("pre-copy: \(wire)", true) } else { markLost("pre-copy: \(error)") }
+            }
+        }
         if lost.withLock({ $0 }) == nil {
             do {
                 try engine.start()

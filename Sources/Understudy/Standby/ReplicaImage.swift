@@ -26,6 +26,31 @@ public final class ReplicaImage: @unchecked Sendable {
     public private(set) var isIntact = true
     /// Set by `beginResync()`: the next checkpoint must be a full image.
     private var awaitingFull = false
+    /// Pages written by `precopy` since the last commit (nil: none).
+    private var precopied: DirtyBitmap?
+
+    /// Whether a pre-copy has covered every page: then a session's first
+    /// checkpoint may carry only the pages dirtied since.
+    public var isPrecopied: Bool { precopied.map { $0.count == $0.pageCount } ?? false }
+
+    /// Guest RAM copied while the primary's guest ran (`CheckpointEngine.precopy`),
+    /// written straight into the image: only while no intact committed
+    /// checkpoint is there to keep (a first session, or a torn replica).
+    /// `bytes` is whole pages from `firstPage`.
+    public func precopy(firstPage: Int, _ bytes: ArraySlice<UInt8>) throws(ApplyError) {
+        guard committedSequence == nil || !isIntact else {
+            throw .badPage(index: firstPage, reason: "pre-copied memory while an intact committed checkpoint is held")
+        }
+        guard bytes.count % pageSize == 0, firstPage >= 0, firstPage <= pageCount, bytes.count / pageSize <= pageCount - firstPage else {
+            throw .badPage(index: firstPage, reason: "pre-copied pages \(firstPage)+\(bytes.count / pageSize) beyond guest RAM or not whole pages")
+        }
+        let marks = precopied ?? DirtyBitmap(pageCount: pageCount)
+        precopied = marks
+        bytes.withUnsafeBytes { raw in
+            if let base = raw.baseAddress { (memory.base + firstPage * pageSize).copyMemory(from: base, byteCount: raw.count) }
+        }
+        for page in firstPage..<(firstPage + bytes.count / pageSize) { marks[page] = true }
+    }
     private let codec = PageCodec()
     private var staging: UnsafeMutableRawPointer
     private var stagingCapacity: Int
@@ -75,10 +100,13 @@ public final class ReplicaImage: @unchecked Sendable {
     /// Verifies, decodes and commits `checkpoint`.
     public func apply(_ checkpoint: Checkpoint) throws(ApplyError) {
         guard checkpoint.computedDigest == checkpoint.digest else { throw .digestMismatch }
+        // A session's first checkpoint is a full image, or, after a complete
+        // pre-copy, the pages dirtied since.
+        let precopiedFirst = isPrecopied && checkpoint.sequence == 0
         if let committed = committedSequence, !awaitingFull {
             guard checkpoint.sequence == committed &+ 1 else { throw .outOfSequence(expected: committed &+ 1, got: checkpoint.sequence) }
         } else {
-            guard checkpoint.isFull else { throw .firstMustBeFull }
+            guard checkpoint.isFull || precopiedFirst else { throw .firstMustBeFull }
         }
         let outputRecords: [OutputRecord]
         do { outputRecords = try OutputRecord.decode(checkpoint.output) } catch { throw .badOutput(error.description) }
@@ -87,7 +115,7 @@ public final class ReplicaImage: @unchecked Sendable {
             guard let disk else { throw .badDisk("block writes for a standby without a disk") }
             do { diskItems = try DiskRecord.decode(checkpoint.disk, diskSize: disk.size) } catch { throw .badDisk(error.description) }
         }
-        guard isIntact || checkpoint.isFull else { throw .torn }
+        guard isIntact || checkpoint.isFull || precopiedFirst else { throw .torn }
         try decodeIntoStaging(checkpoint)
         // Commit. The disk first, undoably: if a write fails part way, what was
         // written is put back, and memory stays the previous checkpoint too.
@@ -128,6 +156,7 @@ public final class ReplicaImage: @unchecked Sendable {
         committedSequence = checkpoint.sequence
         awaitingFull = false
         isIntact = true
+        precopied = nil
     }
 
     /// A new session of the same guest begins: the committed checkpoint stays

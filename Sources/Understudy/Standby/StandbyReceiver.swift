@@ -318,6 +318,8 @@ public final class StandbyReceiver: @unchecked Sendable {
                 continue
             case .diskData:
                 try writeInitialDisk(frame, replica: replica)
+            case .memoryData:
+                try writePrecopy(frame, replica: replica, reported: &reportedTenth)
             case .goodbye:
                 let reason = String(decoding: frame.payload.prefix(1024), as: UTF8.self)
                 logger.info("primary said goodbye: \(reason)")
@@ -406,6 +408,21 @@ public final class StandbyReceiver: @unchecked Sendable {
         }
         try disk.write(offset: offset, bytes)
         diskBytesReceived += bytes.count
+    }
+
+    /// A chunk of the pre-copy of guest RAM (before the session's first
+    /// checkpoint; never into a replica being resumed).
+    private func writePrecopy(_ frame: Frame, replica: ReplicaImage, reported: inout Int) throws {
+        guard !resuming else { throw WireError.unexpected("pre-copied memory in a session that resumes the replica") }
+        guard frame.payload.count >= 4 else { throw WireError.malformed("memory data payload of \(frame.payload.count) bytes") }
+        var reader = PayloadReader(frame.payload, what: "memory data")
+        let firstPage = Int(try reader.integer(UInt32.self))
+        try replica.precopy(firstPage: firstPage, frame.payload[4...])
+        let done = (firstPage + (frame.payload.count - 4) / pageSize) * 10 / max(1, replica.pageCount)
+        if done > reported {
+            reported = done
+            logger.info("receiving the pre-copy of guest RAM: \(done * 10)% of \(replica.memory.size >> 20) MiB")
+        }
     }
 
     /// Bytes of the initial disk copy received in this session.

@@ -34,6 +34,11 @@ public struct Frame: Sendable, Equatable {
         /// *without* a takeover: the standby keeps its last committed replica,
         /// the primary keeps holding output and starts a new session at once.
         case resync = 11
+        /// Primary -> standby, before the first checkpoint of a session that does
+        /// not resume a replica: guest RAM copied while the guest runs (payload:
+        /// first page number u32, then whole pages). Checkpoint 0 then carries
+        /// only the pages dirtied since the copy began.
+        case memoryData = 12
     }
 
     public static let magic: UInt32 = 0x5052_5355          // "USRP" little-endian
