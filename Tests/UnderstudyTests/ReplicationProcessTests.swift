@@ -44,6 +44,19 @@ struct ReplicationProcessTests {
         if let start { #expect(primary.count - start <= released, "at most the released epochs are seen twice") }
     }
 
+    /// SIGKILLs the primary, waits for `lines` more lines from the standby that
+    /// took over, stops it, and checks the world's output is one stream.
+    static func killPrimaryAndExpectTheStandbyContinues(_ primary: ChildProcess, _ standby: ChildProcess, lines: Int = 20) {
+        primary.signal(SIGKILL)
+        _ = primary.waitForExit()
+        let before = standby.standardOutput.lines.count
+        #expect(eventually(timeout: 120) { standby.standardOutput.lines.count >= before + lines }, "the guest runs on: \(standby.standardError.text)")
+        standby.signal(SIGTERM)
+        #expect(standby.waitForExit())
+        #expect(standby.standardError.text.contains("taking over from checkpoint"))
+        Self.expectContinuous(primary: primary.standardOutput.data, standby: standby.standardOutput.data, standbyLog: standby.standardError.text)
+    }
+
     /// 20 SIGKILLs on native KVM, 5 in the KVM box (where each takes ~10x longer).
     static var runs: Int { Int(ProcessInfo.processInfo.environment["UNDERSTUDY_FAILOVER_RUNS"] ?? "") ?? TestHost.rounds(20, minimum: 5) }
 
@@ -56,14 +69,7 @@ struct ReplicationProcessTests {
         #expect(eventually(timeout: 60) { primary.standardError.text.contains("protected by the standby") },
                 "primary: \(primary.standardError.text)")
         usleep(UInt32.random(in: 100_000...1_500_000))
-        primary.signal(SIGKILL)
-        _ = primary.waitForExit()
-        let before = standby.standardOutput.lines.count
-        #expect(eventually(timeout: 60) { standby.standardOutput.lines.count >= before + 20 }, "the guest runs on: \(standby.standardError.text)")
-        standby.signal(SIGTERM)
-        #expect(standby.waitForExit())
-        #expect(standby.standardError.text.contains("taking over from checkpoint"))
-        Self.expectContinuous(primary: primary.standardOutput.data, standby: standby.standardOutput.data, standbyLog: standby.standardError.text)
+        Self.killPrimaryAndExpectTheStandbyContinues(primary, standby)
         let log = standby.standardError.text
         if let longest = log.range(of: #"longest-silence=[0-9]+ ms"#, options: .regularExpression),
            let last = log.range(of: #"silent-for=[0-9]+ ms"#, options: .regularExpression) {
@@ -92,13 +98,7 @@ struct ReplicationProcessTests {
         #expect(eventually(timeout: 30) { primary.standardError.text.components(separatedBy: "status: PROTECTED").count > 1 },
                 "status lines report protection with checkpoints/s, pause and held output")
         usleep(300_000)
-        primary.signal(SIGKILL)
-        _ = primary.waitForExit()
-        let before = second.standardOutput.lines.count
-        #expect(eventually(timeout: 60) { second.standardOutput.lines.count >= before + 20 })
-        second.signal(SIGTERM)
-        #expect(second.waitForExit())
-        Self.expectContinuous(primary: primary.standardOutput.data, standby: second.standardOutput.data, standbyLog: second.standardError.text)
+        Self.killPrimaryAndExpectTheStandbyContinues(primary, second)
     }
 
     /// The guest exits by itself on the primary: all its output is released, the
@@ -146,12 +146,7 @@ struct ReplicationProcessTests {
         #expect(standby.standardError.text.contains(direction == .toStandby ? "ending the session without a takeover" : "the primary ended the session for a resync"),
                 "\(standby.standardError.text)")
 
-        primary.signal(SIGKILL)
-        #expect(primary.waitForExit())
-        #expect(eventually(timeout: 120) { standby.standardOutput.lines.count >= 5 }, "the standby took over: \(standby.standardError.text)")
-        standby.signal(SIGTERM)
-        #expect(standby.waitForExit())
-        Self.expectContinuous(primary: primary.standardOutput.data, standby: standby.standardOutput.data, standbyLog: standby.standardError.text)
+        Self.killPrimaryAndExpectTheStandbyContinues(primary, standby, lines: 5)
     }
 
     /// The primary's standard output is a pipe nobody reads any more: writing
