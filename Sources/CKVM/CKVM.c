@@ -32,3 +32,28 @@ int ckvm_enter_network_namespace(int fd) {
 int ckvm_punch_hole(int fd, long long offset, long long length) {
     return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)offset, (off_t)length);
 }
+
+#include <signal.h>
+
+static volatile int ckvm_stop_fd = -1;
+
+static void ckvm_stop_handler(int signo) {
+    int saved = errno;
+    unsigned char byte = (unsigned char)signo;
+    if (ckvm_stop_fd >= 0) (void)write(ckvm_stop_fd, &byte, 1);
+    errno = saved;
+}
+
+int ckvm_install_stop_signal(int signo, int fd) {
+    ckvm_stop_fd = fd;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = ckvm_stop_handler;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    if (sigaction(signo, &sa, NULL) != 0) return -1;
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, signo);
+    return pthread_sigmask(SIG_UNBLOCK, &set, NULL) == 0 ? 0 : -1;
+}

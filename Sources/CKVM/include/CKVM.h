@@ -192,6 +192,10 @@ int ckvm_enter_network_namespace(int fd);
 /// Deallocates [offset, offset+length) of a file, keeping its size (it reads
 /// as zeros): fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE). -1 and errno on failure.
 int ckvm_punch_hole(int fd, long long offset, long long length);
+/// Handles `signo` by writing its number (one byte) to `fd`, whichever thread
+/// it lands on (async-signal-safe), and unblocks it in the calling thread (a
+/// mask inherited from a parent may have it blocked). -1 and errno on failure.
+int ckvm_install_stop_signal(int signo, int fd);
 
 // MARK: - CRC-32C (Castagnoli), hardware-accelerated where the CPU has SSE4.2
 

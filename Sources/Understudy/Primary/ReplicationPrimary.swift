@@ -437,10 +437,16 @@ public final class ReplicationPrimary: @unchecked Sendable {
                 })
                 logger.info("guest RAM copied while it ran", metadata: ["time": "\(ContinuousClock.now - started)"])
             } catch {
-                if let wire = error as? WireError, !wire.meansThePeerIsGone { markResync("pre-copy: \(wire)", true) } else { markLost("pre-copy: \(error)") }
+                if machine.hasStopped {
+                    wake.signal()               // the guest ended meanwhile: whoever stopped it says goodbye
+                } else if let wire = error as? WireError, !wire.meansThePeerIsGone {
+                    markResync("pre-copy: \(wire)", true)
+                } else {
+                    markLost("pre-copy: \(error)")
+                }
             }
         }
-        if lost.withLock({ $0 }) == nil {
+        if lost.withLock({ $0 }) == nil, !machine.hasStopped {
             do {
                 try engine.start()
             } catch {

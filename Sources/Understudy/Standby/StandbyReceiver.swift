@@ -169,8 +169,6 @@ public final class StandbyReceiver: @unchecked Sendable {
                 logger.warning("session ended before any checkpoint committed (\(reason)); waiting for a primary")
             case .primaryLost(let reason)? where !isTakeoverTarget:
                 logger.critical("primary lost (\(reason)), but the replica is torn by a failed apply: it cannot be taken over from; waiting for a primary")
-            case .goodbye(let reason)? where replica?.committedSequence == nil:
-                logger.info("primary said goodbye before any checkpoint committed (\(reason)); waiting for a primary")
             case .primaryLost(let reason)?:
                 return .primaryLost(reason: reason)
             case .goodbye(let reason)?:
@@ -347,7 +345,7 @@ public final class StandbyReceiver: @unchecked Sendable {
                 if releasedThrough != .max { unreleasedOutput.removeAll { $0.sequence <= releasedThrough } }
                 learnAddresses(replica.output)
                 try link.send(Frame(.ack, sequence: checkpoint.sequence))
-                if checkpoint.isFull {
+                if checkpoint.sequence == 0 {
                     logger.info("full image committed; the guest is protected", metadata: [
                         "sequence": "\(checkpoint.sequence)", "disk-copy": "\(diskBytesReceived >> 10) KiB"])
                 }
