@@ -126,6 +126,41 @@ struct DiskReplicationTests {
         #expect(try JournalImage.recordCount(path: standbyImage) > 100, "the guest went on writing")
     }
 
+    /// The initial copy to a new standby over a link slower than the guest
+    /// writes: the rounds never converge, so the rest is sent with the guest
+    /// held (once), instead of all landing in the first checkpoint; and at that
+    /// checkpoint the standby's image is byte-identical to the primary's. (The
+    /// copy used to drop what its last round had taken: the images differed.)
+    @Test func aFastWriterDuringTheInitialCopyIsHeld() throws {
+        let primaryImage = JournalImage.makeImage(megabytes: 64)
+        let standbyImage = JournalImage.makeImage(megabytes: 64)
+        defer { try? FileManager.default.removeItem(atPath: primaryImage); try? FileManager.default.removeItem(atPath: standbyImage) }
+        let (machine, log) = try Self.journal(image: primaryImage, options: "flush_every=64", epochBudget: 32 << 10)
+        defer { machine.requestStop(); _ = machine.waitUntilStopped(timeout: TestHost.scaled(.seconds(10))) }
+        let (replica, disk, engine) = try Self.replication(of: machine, log: log, standbyImage: standbyImage)
+        try machine.start()
+        log.beginSync()
+        // The journal first scans its disk; copy once it writes.
+        #expect(eventually(timeout: 120) { log.trackedExtents().reduce(0) { $0 + $1.1 } > 256 << 10 })
+        var held = 0
+        try DiskSync.copy(log: log, send: { offset, bytes in
+            try disk.write(offset: offset, bytes[...])
+            usleep(UInt32(50_000 * TestHost.slowdown))          // the slow link (as slow for the guest in the box)
+        }, pauseGuest: {
+            held += 1
+            try machine.pauseForCheckpoint()
+            return { try machine.resumeAfterCheckpoint(); try machine.completeCheckpoint() }
+        })
+        #expect(held == 1, "the guest was held for the last round")
+        try machine.pause()
+        let staged = StagedCheckpoint()
+        try engine.captureWhilePaused(into: staged)
+        let primaryDigest = try fileDigest(primaryImage)
+        try machine.resume()
+        try replica.apply(engine.encode(staged))
+        #expect(try fileDigest(standbyImage) == primaryDigest, "the standby's disk is the primary's at the first checkpoint")
+    }
+
     /// A new standby receives a 1 GiB sparse image while the guest writes to it:
     /// at the first committed checkpoint (compared with the guest paused) the
     /// two images are byte-identical, and only the allocated parts were copied.

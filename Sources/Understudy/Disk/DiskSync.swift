@@ -30,13 +30,20 @@ public enum DiskSync {
     /// Copies the image through `send(offset, bytes)`. `log` must be in sync
     /// mode (`beginSync()`), so that writes made meanwhile are tracked.
     /// `progress(done, total)` is called as bytes go. Returns the bytes sent.
+    ///
+    /// A guest that writes faster than the link carries never lets the rounds
+    /// converge. After the last round, if what is left is over the log's epoch
+    /// budget, `pauseGuest` (when given) pauses the guest and returns how to
+    /// resume it: the rest is sent with the guest held, so the first
+    /// checkpoint never carries more than a budget's worth.
     @discardableResult
     public static func copy(log: DiskWriteLog, send: (UInt64, [UInt8]) throws -> Void,
-                            progress: (Int, Int) -> Void = { _, _ in }) throws -> Int {
+                            progress: (Int, Int) -> Void = { _, _ in },
+                            pauseGuest: (() throws -> () throws -> Void)? = nil) throws -> Int {
         var extents = allocatedExtents(fd: log.fd, size: log.size)
         let total = extents.reduce(0) { $0 + $1.1 }
         var sent = 0
-        for round in 0..<8 {
+        func copyRound(_ extents: [(UInt64, Int)], round: Int) throws {
             for (offset, length) in extents {
                 var position = offset
                 let end = offset + UInt64(length)
@@ -51,10 +58,26 @@ public enum DiskSync {
                     position += UInt64(count)
                 }
             }
-            // What the guest wrote during this round goes again, until it is small.
+        }
+        for round in 0..<8 {
+            try copyRound(extents, round: round)
+            // What the guest wrote during this round goes again, until it is
+            // small; the last round's writes stay tracked (never taken and
+            // dropped: they go below, or in the first checkpoint).
             let written = log.trackedExtents()
-            if written.reduce(0, { $0 + $1.1 }) <= 8 << 20 { break }
+            if written.reduce(0, { $0 + $1.1 }) <= min(8 << 20, log.epochBudget) || round == 7 { break }
             extents = log.takeTrackedExtents()
+        }
+        // Not converging: the guest writes faster than the link. Hold it for the rest.
+        if let pauseGuest, log.trackedExtents().reduce(0, { $0 + $1.1 }) > log.epochBudget {
+            let resume = try pauseGuest()
+            do {
+                try copyRound(log.takeTrackedExtents(), round: 8)
+            } catch {
+                try? resume()
+                throw error
+            }
+            try resume()
         }
         return sent
     }

@@ -280,6 +280,13 @@ public final class ReplicationPrimary: @unchecked Sendable {
                 tenth = now
                 logger.info("copying the disk to the standby: \(now * 10)% of \(total >> 20) MiB allocated")
             }
+        }, pauseGuest: { [machine, logger] in
+            logger.notice("the guest writes its disk faster than the link takes it: holding it while the rest of the disk goes")
+            try machine.pauseForCheckpoint()
+            return {
+                try machine.resumeAfterCheckpoint()
+                try machine.completeCheckpoint()
+            }
         })
         logger.info("disk copied", metadata: ["bytes": "\(sent)", "time": "\(ContinuousClock.now - started)"])
     }
