@@ -267,6 +267,9 @@ public final class CheckpointEngine: @unchecked Sendable {
             queue.withLock { $0.append(turn) }
             ready.signal()
             turn = 1 - turn
+            // A budget signal that came while this epoch was already ending must
+            // not cut the next one short.
+            while epochWake.wait(timeout: .now()) == .success {}
             deadline = max(deadline + configuration.epoch, clock.now)
         }
         epochDone.store(true, ordering: .sequentiallyConsistent)

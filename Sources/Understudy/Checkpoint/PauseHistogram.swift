@@ -61,11 +61,3 @@ public struct PauseHistogram: Sendable, Equatable {
         return difference
     }
 }
-
-extension Duration {
-    /// Whole microseconds (negative durations are 0).
-    var wholeMicroseconds: Int {
-        let (seconds, attoseconds) = components
-        return max(0, Int(seconds) * 1_000_000 + Int(attoseconds / 1_000_000_000_000))
-    }
-}

@@ -42,7 +42,7 @@ public final class DiskWriteLog: @unchecked Sendable {
     private var recording = false
     /// Extents of the open epoch (records or tracked).
     private var epochExtents: [(UInt64, Int)] = []
-    /// Extents of this session's closed, unacknowledged epochs, by sequence.
+    /// Extents of this session's closed, unacknowledged epochs, by sequence (unmerged).
     private var unacknowledged: [(sequence: UInt64, extents: [(UInt64, Int)])] = []
     /// Extents written since the last acknowledged checkpoint of an earlier
     /// session that ended for a resync.
@@ -190,10 +190,9 @@ public final class DiskWriteLog: @unchecked Sendable {
         extents.removeAll()
         tracking = false
         flushed = false
-        if recording {
-            unacknowledged.append((sequence, Self.merged(epochExtents)))
-        }
-        epochExtents.removeAll(keepingCapacity: true)
+        // Handed over as they are: merging (a sort) waits for a resync, off the pause.
+        if recording { unacknowledged.append((sequence, epochExtents)) }
+        epochExtents = []
         epochBytes = 0
         budgetSignalled = false
         lock.unlock()

@@ -90,9 +90,3 @@ public final class TCPConnection: @unchecked Sendable {
     public func shutdownSending() { _ = Glibc.shutdown(fd, Int32(SHUT_WR)) }
 }
 
-extension Duration {
-    var milliseconds: Int {
-        let (seconds, attoseconds) = components
-        return Int(seconds) * 1000 + Int(attoseconds / 1_000_000_000_000_000)
-    }
-}
