@@ -194,8 +194,11 @@ func firstPauseBenchmarks() {
             try machine.start()
             if precopy {
                 let replica = try ReplicaImage(memorySize: machine.memory.size)
-                try engine.precopy { firstPage, pages in
-                    (replica.memory.base + firstPage * 4096).copyMemory(from: pages.baseAddress!, byteCount: pages.count)
+                try engine.precopy { firstPage, chunk in
+                    switch chunk {
+                    case .pages(let pages): try replica.precopy(firstPage: firstPage, Array(pages)[...])
+                    case .zeroPages(let count): try replica.precopyZeroPages(firstPage: firstPage, count: count)
+                    }
                 }
             }
             let clock = ContinuousClock()

@@ -74,7 +74,8 @@ public enum ConsoleRunner {
             }
             if let block = machine.block {
                 configuration.devices.insert(.disk)
-                let log = DiskWriteLog(fd: block.fd, size: block.sectors * UInt64(VirtioBlock.sectorSize))
+                let log = DiskWriteLog(fd: block.fd, size: block.sectors * UInt64(VirtioBlock.sectorSize),
+                                       epochBudget: configuration.diskEpochBudget)
                 block.writeHook = { offset, bytes in log.write(offset: offset, bytes) }
                 block.flushHook = { log.flush() }
                 configuration.disk = log

@@ -63,6 +63,9 @@ struct UnderstudyPrimary: ParsableCommand {
     @Option(help: "Give the guest a virtio-blk disk backed by this existing file.")
     var disk: String?
 
+    @Option(help: "With a disk and a standby: what one epoch may write to the disk before it ends early; while the link is behind, the guest is held here until it catches up (1M to 128M).")
+    var diskBudget = "64M"
+
     @Option(help: "Resume a machine snapshot file instead of booting.")
     var restore: String?
 
@@ -87,6 +90,9 @@ struct UnderstudyPrimary: ParsableCommand {
         guard (1...8).contains(vcpus) else { throw ValidationError("--vcpus must be 1 to 8") }
         guard MemorySize.parse(memory) != nil else { throw ValidationError("cannot read memory size '\(memory)'") }
         guard MACAddress.parse(mac) != nil else { throw ValidationError("cannot read MAC address '\(mac)'") }
+        guard let budget = MemorySize.parse(diskBudget), (1 << 20...UInt64(DiskWriteLog.maximumEpochBudget)).contains(budget) else {
+            throw ValidationError("--disk-budget must be 1M to \(DiskWriteLog.maximumEpochBudget >> 20)M, not '\(diskBudget)'")
+        }
     }
 
     func run() throws {
@@ -125,6 +131,7 @@ struct UnderstudyPrimary: ParsableCommand {
             var replication = PrimaryConfiguration(standby: address, engine: engine,
                                                    heartbeatTimeout: DurationText.parse(heartbeatTimeout) ?? StandbyConfiguration.defaultHeartbeatTimeout)
             replication.statusInterval = DurationText.parse(statusInterval)
+            replication.diskEpochBudget = Int(MemorySize.parse(diskBudget) ?? 0)
             protection = .standby(replication)
         } else {
             logger.warning("running unprotected (--unprotected): a failure of this host loses the guest")

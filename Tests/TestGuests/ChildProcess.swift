@@ -37,11 +37,18 @@ public final class ChildProcess: @unchecked Sendable {
     }
 
     /// With `closingStandardOutput`, the read end of the child's standard
-    /// output is closed as soon as it starts (a reader that went away).
-    public init(_ name: String, _ arguments: [String], closingStandardOutput: Bool = false) throws {
+    /// output is closed as soon as it starts (a reader that went away). A
+    /// `launcher` (such as `ip netns exec NAME`) runs the executable by exec,
+    /// so the child's process id is the executable's.
+    public init(_ name: String, _ arguments: [String], closingStandardOutput: Bool = false, launcher: [String] = []) throws {
         guard let path = Self.executable(name) else { throw CocoaError(.fileNoSuchFile, userInfo: [NSFilePathErrorKey: name]) }
-        process.executableURL = URL(fileURLWithPath: path)
-        process.arguments = arguments
+        if launcher.isEmpty {
+            process.executableURL = URL(fileURLWithPath: path)
+            process.arguments = arguments
+        } else {
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            process.arguments = launcher + [path] + arguments
+        }
         let out = Pipe(), err = Pipe()
         process.standardOutput = out
         process.standardError = err

@@ -81,12 +81,17 @@ struct CheckpointEngineTests {
         let staged = StagedCheckpoint()
         try machine.start()
         var chunks = 0
-        try engine.precopy { firstPage, pages in
-            try replica.precopy(firstPage: firstPage, Array(pages)[...])
+        var zeroRuns = 0
+        try engine.precopy { firstPage, chunk in
+            switch chunk {
+            case .pages(let pages): try replica.precopy(firstPage: firstPage, Array(pages)[...])
+            case .zeroPages(let count): try replica.precopyZeroPages(firstPage: firstPage, count: count); zeroRuns += 1
+            }
             chunks += 1
             if chunks % 16 == 0 { usleep(1000) }            // a link slower than memcpy: the guest writes meanwhile
         }
         #expect(replica.isPrecopied)
+        #expect(zeroRuns > 0, "untouched RAM goes as runs of zero pages")
         for epoch in 0..<TestHost.rounds(20, minimum: 6) {
             usleep(1000)
             try machine.pauseForCheckpoint()

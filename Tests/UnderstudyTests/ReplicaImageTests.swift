@@ -91,6 +91,23 @@ struct ReplicaImageTests {
         #expect(image(replica) == source.digest)
     }
 
+    /// Pre-copied pages and zero runs land where they say and cover RAM;
+    /// anything outside it, or not whole pages, is refused.
+    @Test func precopiedRunsOutsideRAMAreRefused() throws {
+        let replica = try ReplicaImage(memorySize: 1 << 20)
+        replica.memory.base.initializeMemory(as: UInt8.self, repeating: 0xAA, count: 1 << 20)   // a torn replica's leftovers
+        #expect(throws: ReplicaImage.ApplyError.self) { try replica.precopyZeroPages(firstPage: 200, count: 100) }
+        #expect(throws: ReplicaImage.ApplyError.self) { try replica.precopyZeroPages(firstPage: 0, count: Int(UInt32.max)) }
+        #expect(throws: ReplicaImage.ApplyError.self) { try replica.precopy(firstPage: 256, [UInt8](repeating: 1, count: 4096)[...]) }
+        #expect(throws: ReplicaImage.ApplyError.self) { try replica.precopy(firstPage: 0, [UInt8](repeating: 1, count: 100)[...]) }
+        try replica.precopy(firstPage: 0, [UInt8](repeating: 1, count: 255 * 4096)[...])
+        #expect(!replica.isPrecopied)
+        try replica.precopyZeroPages(firstPage: 255, count: 1)
+        #expect(replica.isPrecopied)
+        #expect(replica.memory.base.load(fromByteOffset: 255 * 4096 + 17, as: UInt8.self) == 0)
+        #expect(replica.memory.base.load(fromByteOffset: 254 * 4096 + 17, as: UInt8.self) == 1)
+    }
+
     @Test func referenceCacheEvictsAndStaysCorrect() throws {
         // A cache of 8 pages for 64: deltas where it knows the page, whole pages where it forgot.
         let encoder = CheckpointEncoder(level: .lz4, cacheCapacityPages: 8)

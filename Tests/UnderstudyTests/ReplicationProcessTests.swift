@@ -220,4 +220,65 @@ struct DiskReplicationProcessTests {
             #expect(first <= last + 8, "no report lost across the failover: primary ended at \(last), standby began at \(first)")
         }
     }
+
+    /// The journal guest writes its disk as fast as it can for a minute while
+    /// the standby sits behind a link shaped to 8 Mbit/s (tc tbf on a veth into
+    /// a network namespace): the guest is held to the link's pace (throttled
+    /// epochs), no session ends, nobody takes over, and every record the
+    /// primary reported flushed is on the standby's image. Before the disk
+    /// budget, a stretched epoch grew with every round trip until a checkpoint
+    /// passed what a standby accepts, and the standby took over a live primary.
+    @Test(.enabled(if: TestNetwork.available, "needs root and ip(8)"))
+    func aFastWriterOnAThrottledLinkKeepsItsSession() throws {
+        _ = try GuestPrograms.image("journal")
+        let image = GuestPrograms.packageRoot.appendingPathComponent("Guests/build/journal.elf").path
+        let link = try ThrottledLink(rate: "8mbit")
+        defer { link.tearDown() }
+        let primaryDisk = JournalImage.makeImage(megabytes: 512)
+        let standbyDisk = JournalImage.makeImage(megabytes: 512)
+        defer { try? FileManager.default.removeItem(atPath: primaryDisk); try? FileManager.default.removeItem(atPath: standbyDisk) }
+        let standby = try ChildProcess("understudy-standby", ["--listen", "\(link.peerAddress):0", "--disk", standbyDisk, "--heartbeat-timeout", "2s"],
+                                       launcher: link.launcher)
+        let port = try #require(standby.listeningPort())
+        let primary = try ChildProcess("understudy-primary", [
+            "--standby", "\(link.peerAddress):\(port)", "--guest", image, "--disk", primaryDisk, "--memory", "32M",
+            "--cmdline", "flush_every=64", "--epoch", "5ms", "--heartbeat-timeout", "2s", "--status-interval", "1s", "--disk-budget", "2M"])
+        #expect(eventually(timeout: 120) { primary.standardError.text.contains("protected by the standby") }, "primary: \(primary.standardError.text)")
+        // A minute of writing as fast as the guest can.
+        let end = Date().addingTimeInterval(60)
+        while Date() < end, primary.process.isRunning, standby.process.isRunning { Thread.sleep(forTimeInterval: 1) }
+        let log = primary.standardError.text, standbyLog = standby.standardError.text
+        #expect(primary.process.isRunning && standby.process.isRunning, "both still run: \(log.suffix(2000)) \(standbyLog.suffix(2000))")
+        for failure in ["session ended", "standby lost", "UNPROTECTED", "resync", "refused"] {
+            #expect(!log.contains(failure), "the primary never lost its standby (\(failure)): \(log.suffix(3000))")
+        }
+        #expect(!standbyLog.contains("taking over") && !standbyLog.contains("resync"), "the standby never took over: \(standbyLog.suffix(3000))")
+        let throttled = Self.statusCounts(log, "throttled").reduce(0, +)
+        #expect(throttled > 0, "the guest out-wrote the link and was held to its pace: \(log.suffix(2000))")
+        let flushedOnPrimary = JournalImage.flushed(in: primary.standardOutput.lines)
+        #expect(flushedOnPrimary.count >= 2, "the guest reported flushes throughout")
+        let longestHeld = Self.statusCounts(log, "ms\\)").max() ?? 0
+        print("throttled link, 8 Mbit/s, disk budget 2 MiB: \(flushedOnPrimary.last ?? 0) records flushed, " +
+              "\(throttled) throttled epochs, held output up to \(longestHeld) ms")
+        // Every flushed record the world was told of is on the standby: kill the
+        // primary, let the standby take over from what it committed, and read its image.
+        primary.signal(SIGKILL)
+        _ = primary.waitForExit()
+        let before = JournalImage.flushed(in: standby.standardOutput.lines).count
+        #expect(eventually(timeout: 120) { JournalImage.flushed(in: standby.standardOutput.lines).count > before },
+                "the journal goes on on the standby: \(standby.standardError.text.suffix(2000))")
+        standby.signal(SIGTERM)
+        #expect(standby.waitForExit(timeout: 60))
+        let onDisk = try JournalImage.recordCount(path: standbyDisk)
+        let reported = JournalImage.flushed(in: primary.standardOutput.lines).max() ?? .max
+        #expect(onDisk >= reported, "every record reported flushed is on the standby's image (\(onDisk) records, reported up to \(reported))")
+    }
+
+    /// The numbers before `word` in the primary's status lines ("… 3 throttled, …").
+    static func statusCounts(_ log: String, _ word: String) -> [Int] {
+        log.split(separator: "\n").filter { $0.contains("status: ") }.compactMap { line in
+            guard let range = line.range(of: "[0-9]+ \(word)", options: .regularExpression) else { return nil }
+            return Int(line[range].split(separator: " ")[0])
+        }
+    }
 }

@@ -266,6 +266,60 @@ struct PrimaryHostileStandbyTests {
     }
 }
 
+extension PrimaryHostileStandbyTests {
+    /// Sequence numbers start again at 0 in every session, so an acknowledgement
+    /// still arriving on the previous session's connection names checkpoints
+    /// the new session has sent too: it must release nothing. Only the new
+    /// session's own acknowledgement releases the held output.
+    @Test func acknowledgementsOfAnOldSessionReleaseNothing() throws {
+        let log = CollectedLog()
+        let listener = try TCPListener(address: SocketAddress(host: "127.0.0.1", port: 0))
+        let released = Mutex<Int>(0)
+        let output = OutputBuffer { _, _ in released.withLock { $0 += 1 } }
+        let machine = try Machine(configuration: .init(memorySize: 32 << 20, commandLine: "pages=4 wss=64 every=2000", dirtyTracking: .bitmap),
+                                  console: { bytes in bytes.withUnsafeBytes { output.hold(.console, $0) } })
+        defer { machine.requestStop(); _ = machine.waitUntilStopped(timeout: TestHost.scaled(.seconds(10))) }
+        try machine.start()
+        var configuration = PrimaryConfiguration(standby: SocketAddress(host: "127.0.0.1", port: listener.port),
+                                                 engine: EngineConfiguration(epoch: .milliseconds(5)), heartbeatTimeout: .seconds(5))
+        configuration.statusInterval = nil
+        let primary = ReplicationPrimary(machine: machine, output: output, configuration: configuration, logger: log.logger)
+        try primary.start()
+        defer { primary.stop() }
+
+        /// Welcomes a session and reads until checkpoints 0...2 have ended.
+        func session() throws -> FrameConnection {
+            let link = FrameConnection(try #require(try listener.accept(timeout: TestHost.scaled(.seconds(30)))))
+            let hello = try link.receive(timeout: TestHost.scaled(.seconds(10)))
+            try link.send(Frame(.welcome, payload: hello.payload))
+            var ended: UInt64?
+            while ended.map({ $0 < 2 }) ?? true {
+                let frame = try link.receive(timeout: TestHost.scaled(.seconds(30)))
+                if frame.kind == .checkpointEnd { ended = frame.sequence }
+            }
+            return link
+        }
+        let old = try session()
+        try old.send(Frame(.resync, payload: Array("test: a new session, please".utf8)))
+        let new = try session()
+        // The old connection acknowledges what the new session has also sent.
+        for sequence: UInt64 in 0...2 { try? old.send(Frame(.ack, sequence: sequence)) }
+        // Let the new session run on a while: several more checkpoints.
+        var last: UInt64 = 2
+        while last < 8 {
+            let frame = try new.receive(timeout: TestHost.scaled(.seconds(30)))
+            if frame.kind == .checkpointEnd { last = frame.sequence }
+        }
+        #expect(primary.acknowledged == nil, "no acknowledgement of the old session was taken")
+        #expect(released.withLock { $0 } == 0, "nothing was released")
+        #expect(primary.status == .synchronizing)
+        // The new session's own acknowledgement does release (the test can see a release).
+        try new.send(Frame(.ack, sequence: 0))
+        #expect(eventually(timeout: TestHost.seconds(30)) { primary.acknowledged == 0 && released.withLock { $0 } > 0 })
+        #expect(primary.status == .protected)
+    }
+}
+
 @Suite("Primary lifecycle", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 10))
 struct PrimaryLifecycleTests {
     /// A signal and the guest's exit stop the primary at the same moment: both

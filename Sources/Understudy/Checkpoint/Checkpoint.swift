@@ -59,4 +59,7 @@ public struct EpochStatistics: Sendable, Equatable {
     public var stretched: Bool
     /// The pause, step by step.
     public var breakdown = PauseBreakdown()
+    /// Whether the guest was held paused until the link caught up, because it
+    /// had written its disk budget (`DiskWriteLog.epochBudget`) in this epoch.
+    public var throttled = false
 }

@@ -80,7 +80,7 @@ public final class CheckpointEngine: @unchecked Sendable {
     private let epochWake = DispatchSemaphore(value: 0)
     private let throttleCount = Atomic<Int>(0)
     private let stats = Mutex<EpochLog>(EpochLog())
-    private let pending = Mutex<[UInt64: (Duration, Int, Bool, PauseBreakdown)]>([:])
+    private let pending = Mutex<[UInt64: (Duration, Int, Bool, Bool, PauseBreakdown)]>([:])
     private var threads: [Thread] = []
     private let finished = DispatchSemaphore(value: 0)
     private let failure = Mutex<(any Error)?>(nil)
@@ -131,15 +131,28 @@ public final class CheckpointEngine: @unchecked Sendable {
         return breakdown
     }
 
+    /// A piece of the pre-copy (`precopy`), from a first page on.
+    public enum PrecopyChunk {
+        /// Whole pages, as they are in guest RAM.
+        case pages(UnsafeRawBufferPointer)
+        /// This many pages that were all zero when read.
+        case zeroPages(Int)
+    }
+
     /// Copies all of guest RAM through `send` while the guest runs, before the
     /// first checkpoint, so that checkpoint's pause copies only the pages
     /// dirtied since instead of all of RAM (stop-and-copy). A short pause first
     /// restarts dirty tracking; any page the guest (or the VMM) writes during
     /// the copy, a page read torn included, is in the first checkpoint, which is
-    /// then not a full image. `send` gets the first page number and whole pages,
-    /// at most `chunkPages` at a time; `progress` (pages sent, total) after each.
+    /// then not a full image. `send` gets the first page number and a chunk:
+    /// at most `chunkPages` whole pages, or a run of zero pages (any length),
+    /// in page order; `progress` (pages done, total) after each.
+    ///
+    /// A guest that writes its disk budget (`DiskWriteLog.epochBudget`) before
+    /// the copy ends is held paused until it ends, so the first checkpoint
+    /// never carries more than a budget's worth of disk writes.
     public func precopy(chunkPages: Int = 255, progress: ((Int, Int) -> Void)? = nil,
-                        send: (Int, UnsafeRawBufferPointer) throws -> Void) throws {
+                        send: (Int, PrecopyChunk) throws -> Void) throws {
         guard nextSequence == 0, threads.isEmpty else { throw EngineError.invalidConfiguration("pre-copy comes before the first checkpoint") }
         try machine.pauseForCheckpoint()
         do {
@@ -151,13 +164,30 @@ public final class CheckpointEngine: @unchecked Sendable {
         }
         try machine.resumeAfterCheckpoint()
         try machine.completeCheckpoint()
+        var held = false
+        defer {
+            if held { try? machine.resumeAfterCheckpoint(); try? machine.completeCheckpoint() }
+        }
         let total = dirty.pageCount
+        let base = machine.guestMemoryBase
         var page = 0
         while page < total {
-            let count = min(max(1, chunkPages), total - page)
-            try send(page, UnsafeRawBufferPointer(start: machine.guestMemoryBase + page * pageSize, count: count * pageSize))
-            page += count
+            var end = page
+            if PageCodec.isZero(base + page * pageSize) {
+                while end < total, PageCodec.isZero(base + end * pageSize) { end += 1 }
+                try send(page, .zeroPages(end - page))
+            } else {
+                let limit = min(total, page + max(1, chunkPages))
+                while end < limit, end == page || !PageCodec.isZero(base + end * pageSize) { end += 1 }
+                try send(page, .pages(UnsafeRawBufferPointer(start: base + page * pageSize, count: (end - page) * pageSize)))
+            }
+            page = end
             progress?(page, total)
+            if !held, diskLog?.isOverBudget == true {
+                try machine.pauseForCheckpoint()
+                held = true
+                throttleCount.add(1, ordering: .relaxed)
+            }
         }
         precopied = true
     }
@@ -263,7 +293,7 @@ public final class CheckpointEngine: @unchecked Sendable {
                 break
             }
             let pause = resumed - started
-            pending.withLock { $0[staged.sequence] = (pause, staged.count, stretched, breakdown) }
+            pending.withLock { $0[staged.sequence] = (pause, staged.count, stretched, pausedEarly, breakdown) }
             queue.withLock { $0.append(turn) }
             ready.signal()
             turn = 1 - turn
@@ -286,13 +316,13 @@ public final class CheckpointEngine: @unchecked Sendable {
                 let checkpoint = encoder.encode(staged)
                 let encodeTime = clock.now - started
                 sink?(checkpoint)
-                let (pause, pages, stretched, breakdown) = pending.withLock { $0.removeValue(forKey: staged.sequence) }
-                    ?? (.zero, staged.count, false, PauseBreakdown())
+                let (pause, pages, stretched, throttled, breakdown) = pending.withLock { $0.removeValue(forKey: staged.sequence) }
+                    ?? (.zero, staged.count, false, false, PauseBreakdown())
                 stats.withLock {
                     $0.record(EpochStatistics(sequence: checkpoint.sequence, pause: pause, dirtyPages: pages,
                                               rawBytes: pages * pageSize + staged.state.count + staged.disk.count,
                                               encodedBytes: checkpoint.encodedSize, encodeTime: encodeTime, stretched: stretched,
-                                              breakdown: breakdown))
+                                              breakdown: breakdown, throttled: throttled))
                 }
                 free.signal()
             }

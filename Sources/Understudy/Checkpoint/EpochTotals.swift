@@ -4,6 +4,8 @@
 public struct EpochTotals: Sendable, Equatable {
     public var epochs: UInt64 = 0
     public var stretched: UInt64 = 0
+    /// Epochs in which the guest was held until the link caught up.
+    public var throttled: UInt64 = 0
     public var dirtyPages: UInt64 = 0
     public var rawBytes: UInt64 = 0
     public var encodedBytes: UInt64 = 0
@@ -15,6 +17,7 @@ public struct EpochTotals: Sendable, Equatable {
     public mutating func add(_ epoch: EpochStatistics) {
         epochs += 1
         if epoch.stretched { stretched += 1 }
+        if epoch.throttled { throttled += 1 }
         dirtyPages += UInt64(epoch.dirtyPages)
         rawBytes += UInt64(epoch.rawBytes)
         encodedBytes += UInt64(epoch.encodedBytes)
@@ -26,6 +29,7 @@ public struct EpochTotals: Sendable, Equatable {
         var sum = a
         sum.epochs += b.epochs
         sum.stretched += b.stretched
+        sum.throttled += b.throttled
         sum.dirtyPages += b.dirtyPages
         sum.rawBytes += b.rawBytes
         sum.encodedBytes += b.encodedBytes
@@ -39,6 +43,7 @@ public struct EpochTotals: Sendable, Equatable {
         var difference = a
         difference.epochs -= min(a.epochs, b.epochs)
         difference.stretched -= min(a.stretched, b.stretched)
+        difference.throttled -= min(a.throttled, b.throttled)
         difference.dirtyPages -= min(a.dirtyPages, b.dirtyPages)
         difference.rawBytes -= min(a.rawBytes, b.rawBytes)
         difference.encodedBytes -= min(a.encodedBytes, b.encodedBytes)

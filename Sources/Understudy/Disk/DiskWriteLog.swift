@@ -66,11 +66,17 @@ public final class DiskWriteLog: @unchecked Sendable {
     }
     private var onBudget: (@Sendable () -> Void)?
 
-    /// `fd` must stay open as long as the log is used.
-    public init(fd: Int32, size: UInt64, epochBudget: Int = CheckpointBegin.maximumDiskBytes / 4) {
+    /// The default `epochBudget`: a quarter of what a standby accepts in one checkpoint.
+    public static let defaultEpochBudget = CheckpointBegin.maximumDiskBytes / 4
+    /// The largest `epochBudget`: half of what a standby accepts in one checkpoint.
+    public static let maximumEpochBudget = CheckpointBegin.maximumDiskBytes / 2
+
+    /// `fd` must stay open as long as the log is used; `epochBudget` is
+    /// clamped to 1...`maximumEpochBudget`.
+    public init(fd: Int32, size: UInt64, epochBudget: Int = DiskWriteLog.defaultEpochBudget) {
         self.fd = fd
         self.size = size
-        self.epochBudget = max(1, min(epochBudget, CheckpointBegin.maximumDiskBytes / 2))
+        self.epochBudget = max(1, min(epochBudget, Self.maximumEpochBudget))
     }
 
     /// Whether the open epoch's writes reached `epochBudget`.

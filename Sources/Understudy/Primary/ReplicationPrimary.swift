@@ -18,6 +18,10 @@ public struct PrimaryConfiguration: Sendable {
     /// The guest's block writes, when it has a disk: copied whole to each new
     /// standby, then sent with every checkpoint.
     public var disk: DiskWriteLog?
+    /// The budget a VMM gives the guest's `DiskWriteLog` (`DiskWriteLog.epochBudget`):
+    /// what one epoch may write before it ends early, and, while the link is
+    /// behind, the point at which the guest is held until the link catches up.
+    public var diskEpochBudget = DiskWriteLog.defaultEpochBudget
     /// What a standby needs to run the guest (the VMM fills it in; the hello carries it).
     public var platform = Hello.Platform()
 
@@ -433,13 +437,18 @@ public final class ReplicationPrimary: @unchecked Sendable {
                 try engine.precopy(progress: { done, total in
                     if done * 10 / total > tenth {
                         tenth = done * 10 / total
-                        self.logger.info("copying guest RAM to the standby: \(tenth * 10)% of \(total * pageSize >> 20) MiB")
+                        self.logger.info("copying guest RAM to the standby: \(tenth * 10)% of \(total >> 8) MiB")
                     }
-                }, send: { firstPage, pages in
+                }, send: { firstPage, chunk in
                     var payload: [UInt8] = []
-                    payload.reserveCapacity(4 + pages.count)
                     payload.appendLittleEndian(UInt32(firstPage))
-                    payload += pages
+                    switch chunk {
+                    case .pages(let pages):
+                        payload.reserveCapacity(4 + pages.count)
+                        payload += pages
+                    case .zeroPages(let count):
+                        payload.appendLittleEndian(UInt32(count))
+                    }
                     try link.send(Frame(.memoryData, payload: payload))
                 })
                 logger.info("guest RAM copied while it ran", metadata: ["time": "\(ContinuousClock.now - started)"])

@@ -44,7 +44,7 @@ final class StatusReport: @unchecked Sendable {
         "status: \(status.rawValue.uppercased()), " +
             String(format: "%.0f checkpoints/s", Double(epochs.epochs) / max(seconds, 0.001)) +
             ", pause p50 \(epochs.pauses.quantileMicroseconds(0.5)) µs p99 \(epochs.pauses.quantileMicroseconds(0.99)) µs, " +
-            "\(checkpoints > 0 ? bytes / checkpoints : 0) bytes/checkpoint, \(epochs.stretched) stretched, held output \(held.bytes) bytes " +
+            "\(checkpoints > 0 ? bytes / checkpoints : 0) bytes/checkpoint, \(epochs.stretched) stretched, \(epochs.throttled) throttled, held output \(held.bytes) bytes " +
             "(oldest \(held.oldest.milliseconds) ms, longest held \(held.longest.milliseconds) ms), \(held.framesDropped) frames dropped" +
             (held.consoleBytesDropped > 0 ? ", \(held.consoleBytesDropped) console bytes dropped" : "")
     }

@@ -38,19 +38,35 @@ public final class ReplicaImage: @unchecked Sendable {
     /// checkpoint is there to keep (a first session, or a torn replica).
     /// `bytes` is whole pages from `firstPage`.
     public func precopy(firstPage: Int, _ bytes: ArraySlice<UInt8>) throws(ApplyError) {
+        guard bytes.count % pageSize == 0 else {
+            throw .badPage(index: firstPage, reason: "pre-copied memory of \(bytes.count) bytes is not whole pages")
+        }
+        let target = try precopyTarget(firstPage: firstPage, count: bytes.count / pageSize)
+        bytes.withUnsafeBytes { raw in
+            if let base = raw.baseAddress { target.copyMemory(from: base, byteCount: raw.count) }
+        }
+    }
+
+    /// `count` pages from `firstPage` that were all zero on the primary.
+    public func precopyZeroPages(firstPage: Int, count: Int) throws(ApplyError) {
+        let target = try precopyTarget(firstPage: firstPage, count: count)
+        target.initializeMemory(as: UInt8.self, repeating: 0, count: count * pageSize)
+    }
+
+    /// Where pre-copied pages `firstPage..<firstPage+count` go, marked as copied.
+    private func precopyTarget(firstPage: Int, count: Int) throws(ApplyError) -> UnsafeMutableRawPointer {
         guard committedSequence == nil || !isIntact else {
             throw .badPage(index: firstPage, reason: "pre-copied memory while an intact committed checkpoint is held")
         }
-        guard bytes.count % pageSize == 0, firstPage >= 0, firstPage <= pageCount, bytes.count / pageSize <= pageCount - firstPage else {
-            throw .badPage(index: firstPage, reason: "pre-copied pages \(firstPage)+\(bytes.count / pageSize) beyond guest RAM or not whole pages")
+        guard firstPage >= 0, count >= 0, firstPage <= pageCount, count <= pageCount - firstPage else {
+            throw .badPage(index: firstPage, reason: "pre-copied pages \(firstPage)+\(count) beyond guest RAM")
         }
         let marks = precopied ?? DirtyBitmap(pageCount: pageCount)
         precopied = marks
-        bytes.withUnsafeBytes { raw in
-            if let base = raw.baseAddress { (memory.base + firstPage * pageSize).copyMemory(from: base, byteCount: raw.count) }
-        }
-        for page in firstPage..<(firstPage + bytes.count / pageSize) { marks[page] = true }
+        for page in firstPage..<(firstPage + count) { marks[page] = true }
+        return memory.base + firstPage * pageSize
     }
+
     private let codec = PageCodec()
     private var staging: UnsafeMutableRawPointer
     private var stagingCapacity: Int

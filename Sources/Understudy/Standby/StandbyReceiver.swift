@@ -415,8 +415,15 @@ public final class StandbyReceiver: @unchecked Sendable {
         guard frame.payload.count >= 4 else { throw WireError.malformed("memory data payload of \(frame.payload.count) bytes") }
         var reader = PayloadReader(frame.payload, what: "memory data")
         let firstPage = Int(try reader.integer(UInt32.self))
-        try replica.precopy(firstPage: firstPage, frame.payload[4...])
-        let done = (firstPage + (frame.payload.count - 4) / pageSize) * 10 / max(1, replica.pageCount)
+        let pages: Int
+        if frame.payload.count == 8 {               // a run of zero pages: first page, count
+            pages = Int(try reader.integer(UInt32.self))
+            try replica.precopyZeroPages(firstPage: firstPage, count: pages)
+        } else {
+            pages = (frame.payload.count - 4) / pageSize
+            try replica.precopy(firstPage: firstPage, frame.payload[4...])
+        }
+        let done = (firstPage + pages) * 10 / max(1, replica.pageCount)
         if done > reported {
             reported = done
             logger.info("receiving the pre-copy of guest RAM: \(done * 10)% of \(replica.memory.size >> 20) MiB")
