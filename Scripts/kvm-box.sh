@@ -74,12 +74,8 @@ fi
 PATH=$PATH:/sbin:/usr/sbin
 
 # --- The kernel: the one Debian's linux-image-amd64 depends on ------------
-kernel_package=$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9].*\)$/\1/p' | head -n 1)
-if [ -z "$kernel_package" ]; then
-    # Offline and nothing known to apt: use whatever the cache already holds.
-    kernel_package=$(ls -1 "$cache" 2>/dev/null | grep '^linux-image-' | sort -V | tail -n 1 || true)
-    [ -n "$kernel_package" ] || die "cannot tell which kernel to use: apt-cache knows no linux-image-amd64 (run apt-get update) and $cache is empty"
-fi
+. "$checkout/Scripts/lib/debian-kernel.sh"
+kernel_package=$(debian_kernel_package "$cache")
 version=${kernel_package#linux-image-}
 box=$cache/$kernel_package
 vmlinuz=$box/vmlinuz
@@ -91,62 +87,21 @@ box_modules=(kvm-amd 9p 9pnet_virtio virtio_pci tun veth bridge sch_netem sch_tb
 build_box() {
     say "building the box for $kernel_package in $box (first use only)"
     rm -rf "$box.tmp" && mkdir -p "$box.tmp"
-    (cd "$box.tmp" && apt-get download "$kernel_package" >/dev/null 2>"$box.tmp/download.log") \
-        || die "apt-get download $kernel_package failed: $(tail -n 3 "$box.tmp/download.log")"
-    dpkg -x "$box.tmp"/"$kernel_package"_*.deb "$box.tmp/kernel"
-    depmod -b "$box.tmp/kernel" "$version"
-    local moddir=$box.tmp/kernel/lib/modules/$version
-    [ -f "$box.tmp/kernel/boot/vmlinuz-$version" ] || die "$kernel_package has no /boot/vmlinuz-$version"
-
-    # Resolve the load order from modules.dep (a module's line lists what it
-    # needs; those are loaded first).
-    local ordered=() seen=" "
-    resolve() {
-        local name=${1//[-_]/[-_]} line path deps dep
-        line=$(grep -E "(^|/)${name}\.ko(\.xz|\.zst|\.gz)?:" "$moddir/modules.dep" | head -n 1 || true)
-        if [ -z "$line" ]; then
-            # Built into the kernel (modules.builtin) is fine; anything else is not.
-            grep -qE "(^|/)${name}\.ko$" "$moddir/modules.builtin" && return 0
-            die "module $1 is neither in modules.dep nor built into $kernel_package"
-        fi
-        path=${line%%:*}
-        deps=${line#*:}
-        case "$seen" in *" $path "*) return 0 ;; esac
-        for dep in $deps; do resolve_path "$dep"; done
-        seen="$seen$path "
-        ordered+=("$path")
-    }
-    resolve_path() {
-        local base; base=$(basename "$1"); base=${base%%.ko*}; resolve "$base"
-    }
-    local m
-    for m in "${box_modules[@]}"; do resolve "$m"; done
+    fetch_debian_kernel "$kernel_package" "$box.tmp"
 
     # The initramfs: busybox, the modules (uncompressed), and /init.
     local root=$box.tmp/initramfs
-    mkdir -p "$root"/{bin,dev,proc,sys,host,modules}
+    mkdir -p "$root"/{bin,dev,proc,sys,host}
     cp /bin/busybox "$root/bin/busybox"
     for m in sh mount umount insmod mkdir chroot sleep cat echo reboot stty ip sync mknod ls; do
         ln -s busybox "$root/bin/$m"
     done
-    local i=0 p f
-    : > "$root/modules/order"
-    for p in "${ordered[@]}"; do
-        i=$((i + 1))
-        f=$(printf '%02d-%s' "$i" "$(basename "${p%%.ko*}").ko")
-        case "$p" in
-            *.ko.xz) xz -dc "$moddir/$p" > "$root/modules/$f" ;;
-            *.ko.zst) zstd -qdc "$moddir/$p" > "$root/modules/$f" ;;
-            *.ko.gz) gzip -dc "$moddir/$p" > "$root/modules/$f" ;;
-            *) cp "$moddir/$p" "$root/modules/$f" ;;
-        esac
-        echo "$f" >> "$root/modules/order"
-    done
+    copy_modules "$box.tmp/kernel/lib/modules/$version" "$root/modules" "${box_modules[@]}"
     write_init > "$root/init"
     chmod +x "$root/init"
     (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$box.tmp/initramfs.cpio.gz"
     cp "$box.tmp/kernel/boot/vmlinuz-$version" "$box.tmp/vmlinuz"
-    echo "$kernel_package ${ordered[*]}" > "$box.tmp/manifest"
+    echo "$kernel_package $MODULES_COPIED" > "$box.tmp/manifest"
 
     rm -rf "$box"
     mkdir -p "$box"

@@ -40,6 +40,17 @@ public final class KVM: @unchecked Sendable {
     /// Whether `/dev/kvm` exists and can be opened read-write by this process.
     public static var isAvailable: Bool { access("/dev/kvm", R_OK | W_OK) == 0 }
 
+    /// The kernel module that provides KVM on this host (kvm_intel, kvm_amd,
+    /// kvm_pvm), or nil when none of those is loaded.
+    public static var module: String? {
+        ["kvm_intel", "kvm_amd", "kvm_pvm"].first { access("/sys/module/\($0)", F_OK) == 0 }
+    }
+
+    /// Whether this host's KVM runs guest kernel (CPL0) code natively. kvm_pvm
+    /// does not: it emulates it, about 1 µs an instruction, so a Linux kernel
+    /// never finishes booting there.
+    public static var runsGuestKernels: Bool { module != "kvm_pvm" }
+
     /// Wraps KVM_CHECK_EXTENSION on the system descriptor: 0 when absent, else the
     /// capability's value (often 1, sometimes a size or a count).
     public func check(_ capability: Capability) throws(KVMError) -> Int32 {

@@ -110,7 +110,13 @@ extension Machine {
         case .failEntry(let reason, _):
             stop(.failEntry(vcpu: index, reason: reason))
         case .io(let io):
-            stop(.unexpectedExit(vcpu: index, exit: "port I/O \(io.direction) 0x\(String(io.port, radix: 16))"))
+            guard !portDevices.isEmpty else {
+                stop(.unexpectedExit(vcpu: index, exit: "port I/O \(io.direction) 0x\(String(io.port, radix: 16))"))
+                return false
+            }
+            exitInFlight = true
+            handlePortIO(io, vcpu: vcpu)
+            return true
         case .systemEvent(let type, _):
             stop(.unexpectedExit(vcpu: index, exit: "system event \(type)"))
         case .unknown(let reason):
@@ -134,6 +140,31 @@ extension Machine {
                 + "interrupt=\(events.interrupt.injected != 0 ? String(events.interrupt.nr) : "none")"
         } catch {
             return "registers unreadable: \(error)"
+        }
+    }
+
+    /// One port-I/O exit (string I/O repeats it `count` times). Ports no device
+    /// answers read as all ones and ignore writes, as on a PC.
+    private func handlePortIO(_ io: PortIO, vcpu: VCPU) {
+        let device = portDevices.first { $0.owns(io.port) }
+        let size = min(max(io.size, 1), 4)
+        switch io.direction {
+        case .in:
+            var bytes: [UInt8] = []
+            bytes.reserveCapacity(size * io.count)
+            for _ in 0..<io.count {
+                let value = device?.read(port: io.port, size: size) ?? .max
+                for i in 0..<size { bytes.append(UInt8(truncatingIfNeeded: value >> (8 * UInt32(i)))) }
+            }
+            vcpu.setIOInData(bytes)
+        case .out:
+            guard let device else { return }
+            var offset = 0
+            while offset + size <= io.data.count {
+                let value = (0..<size).reduce(UInt32(0)) { $0 | UInt32(io.data[offset + $1]) << (8 * UInt32($1)) }
+                device.write(port: io.port, size: size, value: value)
+                offset += size
+            }
         }
     }
 

@@ -35,7 +35,11 @@ public final class Machine: @unchecked Sendable {
     public let net: VirtioNet?
     /// The disk, when configured.
     public let block: VirtioBlock?
+    /// A Linux guest's UART (COM1, IRQ 4: `console=ttyS0`), writing to the console.
+    public private(set) var uart: UART8250?
     let devices: [any MMIODevice]
+    /// Port-I/O devices (a Linux guest's); ports nobody answers read as all ones.
+    private(set) var portDevices: [any PortDevice] = []
     let logger: Logger
     /// One reusable KVM dirty bitmap per slot (bitmap tracking).
     let slotBitmaps: [DirtyBitmap]
@@ -170,6 +174,22 @@ public final class Machine: @unchecked Sendable {
             block = nil
         }
         devices = [serial, doorbell] + [net as (any MMIODevice)?, block].compactMap { $0 }
+        if configuration.linux != nil {
+            guard KVM.runsGuestKernels else {
+                throw .cannotRun("this host's KVM (\(KVM.module ?? "unknown")) emulates guest kernel code and cannot boot Linux: use hardware KVM (kvm_intel, kvm_amd) or the KVM box (Scripts/kvm-box.sh)")
+            }
+            let vm = self.vm, logger = self.logger
+            let uart = UART8250(output: console) {
+                do {
+                    try vm.setIRQLine(UART8250.com1IRQ, level: true)
+                    try vm.setIRQLine(UART8250.com1IRQ, level: false)
+                } catch {
+                    logger.error("raising the UART's interrupt: \(error)")
+                }
+            }
+            self.uart = uart
+            portDevices = [uart, LegacyPorts { [weak self] in self?.stop(.reset) }]
+        }
     }
 
     deinit {
@@ -191,8 +211,12 @@ public final class Machine: @unchecked Sendable {
     }
 
     /// Loads the image, writes page tables and the boot-info page, and points every
-    /// vCPU at the entry in 64-bit user mode.
+    /// vCPU at the entry in 64-bit user mode; or boots `configuration.linux`.
     private func boot() throws(MachineError) {
+        if let linux = configuration.linux {
+            try bootLinux(linux)
+            return
+        }
         let image = configuration.image
         var end = GuestLayout.imageBase
         for segment in image.segments {
@@ -230,6 +254,31 @@ public final class Machine: @unchecked Sendable {
                 try vcpu.setRegisters(regs)
                 // With an in-kernel LAPIC, vCPUs other than the first wait for a SIPI; ours start at once.
                 try vcpu.setMPState(kvm_mp_state(mp_state: UInt32(KVM_MP_STATE_RUNNABLE)))
+            }
+        } catch {
+            throw .kvm(error)
+        }
+    }
+
+    /// Loads a Linux kernel (`LinuxBoot`) and enters its 64-bit entry on the
+    /// first vCPU at CPL0 with interrupts off and RSI at the zero page; other
+    /// vCPUs wait for the kernel's INIT/SIPI.
+    private func bootLinux(_ linux: LinuxBoot) throws(MachineError) {
+        let entry = try linux.load(into: memory, memorySize: configuration.memorySize)
+        GuestLayout.writeSystemTables(into: memory)
+        GuestLayout.writeKernelSegments(into: memory)
+        do {
+            let cpuid = try kvm.supportedCPUID()
+            for (index, vcpu) in vcpus.enumerated() {
+                try vcpu.setCPUID(cpuid.forVCPU(index, of: vcpus.count))
+                guard index == 0 else { continue }
+                try vcpu.setSpecialRegisters(GuestLayout.kernelModeSpecialRegisters(vcpu.specialRegisters()))
+                var regs = kvm_regs()
+                regs.rip = entry
+                regs.rsi = LinuxBoot.zeroPage
+                regs.rsp = GuestLayout.stackTop(vcpu: 0)
+                regs.rflags = 2
+                try vcpu.setRegisters(regs)
             }
         } catch {
             throw .kvm(error)

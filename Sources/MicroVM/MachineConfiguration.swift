@@ -17,8 +17,11 @@ public struct MachineConfiguration: Sendable, Equatable {
     public var memorySize: UInt64
     /// RAM is split into KVM memory slots of at most this size.
     public var maxSlotSize: UInt64
-    /// The program to run.
+    /// The program to run (unless `linux` is set).
     public var image: GuestImage
+    /// A Linux kernel to boot instead of `image` (needs a KVM that runs guest
+    /// kernel code natively: kvm_intel or kvm_amd).
+    public var linux: LinuxBoot?
     /// The boot-info command line (at most 2047 bytes).
     public var commandLine: String
     public var dirtyTracking: DirtyTracking
@@ -40,6 +43,7 @@ public struct MachineConfiguration: Sendable, Equatable {
         self.name = name
         self.network = nil
         self.disk = nil
+        self.linux = nil
     }
 
     /// Checks the values that do not depend on the host.
@@ -59,6 +63,7 @@ public struct MachineConfiguration: Sendable, Equatable {
         guard commandLine.utf8.count <= BootInfo.maxCommandLine else {
             throw .invalidConfiguration("command line longer than \(BootInfo.maxCommandLine) bytes")
         }
+        try linux?.validate(memorySize: memorySize)
     }
 }
 
@@ -104,6 +109,8 @@ public enum StopReason: Sendable, Equatable, CustomStringConvertible {
     case unexpectedExit(vcpu: Int, exit: String)
     /// A host-side call failed while running this vCPU.
     case hostError(vcpu: Int, error: String)
+    /// The guest asked for a reset (a Linux guest's reboot): MicroVM stops it.
+    case reset
 
     /// Whether the stop is this host's fault rather than the guest's: KVM_RUN or
     /// another host call failed, VM entry failed, KVM could not handle an exit.
@@ -113,7 +120,7 @@ public enum StopReason: Sendable, Equatable, CustomStringConvertible {
     public var isHostFault: Bool {
         switch self {
         case .hostError, .failEntry, .internalError: true
-        case .guestExit, .requested, .shutdown, .badAccess, .unexpectedExit: false
+        case .guestExit, .requested, .shutdown, .badAccess, .unexpectedExit, .reset: false
         }
     }
 
@@ -128,6 +135,7 @@ public enum StopReason: Sendable, Equatable, CustomStringConvertible {
             "vCPU \(vcpu): \(isWrite ? "write to" : "read from") unbacked guest-physical address 0x\(String(address, radix: 16))"
         case .unexpectedExit(let vcpu, let exit): "vCPU \(vcpu): unexpected exit \(exit)"
         case .hostError(let vcpu, let error): "vCPU \(vcpu): \(error)"
+        case .reset: "the guest asked for a reset"
         }
     }
 }

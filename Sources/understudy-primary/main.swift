@@ -45,6 +45,15 @@ struct UnderstudyPrimary: ParsableCommand {
     @Option(help: "Guest image: an ELF64 executable, or a raw image loaded and entered at 0x100000.")
     var guest: String?
 
+    @Option(help: "Boot this Linux kernel (a bzImage, e.g. Debian's /boot/vmlinuz-*) instead of --guest; needs hardware KVM (kvm_intel, kvm_amd).")
+    var kernel: String?
+
+    @Option(help: "With --kernel: the initramfs to give it.")
+    var initrd: String?
+
+    @Option(help: "With --kernel: the kernel command line.")
+    var append = LinuxBoot.defaultCommandLine
+
     @Option(help: "Command line for the guest's boot-info page (workload: pages=N wss=N every=N count=N).")
     var cmdline = "pages=16 wss=256 every=20000"
 
@@ -89,6 +98,8 @@ struct UnderstudyPrimary: ParsableCommand {
         guard ["bitmap", "ring"].contains(dirtyTracking) else { throw ValidationError("--dirty-tracking must be bitmap or ring") }
         guard (1...8).contains(vcpus) else { throw ValidationError("--vcpus must be 1 to 8") }
         guard MemorySize.parse(memory) != nil else { throw ValidationError("cannot read memory size '\(memory)'") }
+        guard kernel == nil || (guest == nil && restore == nil) else { throw ValidationError("--kernel boots Linux: give no --guest or --restore with it") }
+        guard kernel != nil || initrd == nil else { throw ValidationError("--initrd goes with --kernel") }
         guard MACAddress.parse(mac) != nil else { throw ValidationError("cannot read MAC address '\(mac)'") }
         guard let budget = MemorySize.parse(diskBudget), (1 << 20...UInt64(DiskWriteLog.maximumEpochBudget)).contains(budget) else {
             throw ValidationError("--disk-budget must be 1M to \(DiskWriteLog.maximumEpochBudget >> 20)M, not '\(diskBudget)'")
@@ -106,7 +117,11 @@ struct UnderstudyPrimary: ParsableCommand {
             source = .snapshot(path: restore, network: network, disk: diskConfiguration)
         } else {
             let image: GuestImage
-            if let guest {
+            var linux: LinuxBoot?
+            if let kernel {
+                linux = try Self.linuxBoot(kernel: kernel, initrd: initrd, commandLine: append)
+                image = .workload
+            } else if let guest {
                 guard let data = FileManager.default.contents(atPath: guest) else {
                     throw ValidationError("cannot read guest image \(guest)")
                 }
@@ -120,6 +135,7 @@ struct UnderstudyPrimary: ParsableCommand {
                                                      image: image, commandLine: cmdline)
             configuration.network = network
             configuration.disk = diskConfiguration
+            configuration.linux = linux
             if standby != nil {
                 configuration.dirtyTracking = dirtyTracking == "ring" ? .ring(entries: 65536) : .bitmap
             }
@@ -142,6 +158,23 @@ struct UnderstudyPrimary: ParsableCommand {
         } catch let error as MachineError {
             logger.error("\(error)")
             throw ExitCode(1)
+        }
+    }
+}
+
+extension UnderstudyPrimary {
+    /// Reads a Linux kernel and initrd for `--kernel`, saying what is wrong with them.
+    static func linuxBoot(kernel: String, initrd: String?, commandLine: String) throws -> LinuxBoot {
+        guard let bytes = FileManager.default.contents(atPath: kernel) else { throw ValidationError("cannot read kernel \(kernel)") }
+        var ramdisk: [UInt8] = []
+        if let initrd {
+            guard let data = FileManager.default.contents(atPath: initrd) else { throw ValidationError("cannot read initrd \(initrd)") }
+            ramdisk = [UInt8](data)
+        }
+        do {
+            return LinuxBoot(kernel: try LinuxKernel(bzImage: [UInt8](bytes)), initrd: ramdisk, commandLine: commandLine)
+        } catch {
+            throw ValidationError("\(kernel): \(error)")
         }
     }
 }

@@ -82,6 +82,8 @@ public struct GuestImage: Sendable, Equatable {
 /// Why an image could not be used.
 public enum GuestImageError: Error, Equatable, Sendable, CustomStringConvertible {
     case notELF
+    /// Not a Linux bzImage (`LinuxKernel`).
+    case notBzImage(String)
     case unsupported(String)
     case malformed(String)
     /// A segment or the entry point falls outside guest RAM or into reserved memory.
@@ -90,6 +92,7 @@ public enum GuestImageError: Error, Equatable, Sendable, CustomStringConvertible
     public var description: String {
         switch self {
         case .notELF: "not an ELF file"
+        case .notBzImage(let why): "not a Linux bzImage: \(why)"
         case .unsupported(let why): "unsupported image: \(why)"
         case .malformed(let why): "malformed image: \(why)"
         case .outOfBounds(let why): "image does not fit: \(why)"

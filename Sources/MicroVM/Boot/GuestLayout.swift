@@ -48,6 +48,25 @@ public enum GuestLayout {
         entry(gdt + 6 * 8, 0x00AF_FB00_0000_FFFF)   // 0x30: user code, 64-bit
     }
 
+    /// Adds the flat kernel segments the Linux 64-bit boot protocol asks for to
+    /// the GDT: __BOOT_CS (0x10, 64-bit code) and __BOOT_DS (0x18, data).
+    public static func writeKernelSegments(into memory: SharedMemory) {
+        memory.base.storeBytes(of: UInt64(0x00AF_9B00_0000_FFFF).littleEndian, toByteOffset: Int(gdt + 2 * 8), as: UInt64.self)
+        memory.base.storeBytes(of: UInt64(0x00CF_9300_0000_FFFF).littleEndian, toByteOffset: Int(gdt + 3 * 8), as: UInt64.self)
+    }
+
+    /// Special registers for CPL0 64-bit mode with interrupts off, as the Linux
+    /// 64-bit boot protocol enters the kernel: the same paging as user mode,
+    /// CS = __BOOT_CS, the data segments __BOOT_DS.
+    public static func kernelModeSpecialRegisters(_ current: kvm_sregs) -> kvm_sregs {
+        var s = userModeSpecialRegisters(current)
+        s.cs.selector = 0x10; s.cs.dpl = 0
+        var data = s.ds
+        data.selector = 0x18; data.dpl = 0
+        s.ds = data; s.es = data; s.fs = data; s.gs = data; s.ss = data
+        return s
+    }
+
     /// Special registers for CPL3 64-bit mode: paging, PAE, SSE, long mode, user segments.
     public static func userModeSpecialRegisters(_ current: kvm_sregs) -> kvm_sregs {
         var s = current
