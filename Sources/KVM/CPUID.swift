@@ -43,6 +43,16 @@ public struct CPUID: Sendable, Equatable {
         return copy
     }
 
+    /// These entries with the hypervisor bit (leaf 1 ECX bit 31) set, as a
+    /// guest kernel needs to look for KVM's own leaves (0x40000000 on) and use
+    /// kvmclock and the other paravirtual features they offer.
+    /// KVM_GET_SUPPORTED_CPUID leaves the bit to the VMM.
+    public func announcingHypervisor() -> CPUID {
+        var copy = self
+        for i in copy.entries.indices where copy.entries[i].function == 1 { copy.entries[i].ecx |= 1 << 31 }
+        return copy
+    }
+
     /// Calls `body` with a heap `kvm_cpuid2` holding these entries.
     @discardableResult
     func withRaw<R>(_ body: (UnsafeMutablePointer<kvm_cpuid2>) throws(KVMError) -> R) throws(KVMError) -> R {

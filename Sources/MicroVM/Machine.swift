@@ -35,6 +35,9 @@ public final class Machine: @unchecked Sendable {
     public let net: VirtioNet?
     /// The disk, when configured.
     public let block: VirtioBlock?
+    /// A Linux guest's interrupt lines for the virtio devices (ISA IRQs, edge).
+    public static let virtioNetIRQ: UInt32 = 5
+    public static let virtioBlockIRQ: UInt32 = 6
     /// A Linux guest's UART (COM1, IRQ 4: `console=ttyS0`), writing to the console.
     public private(set) var uart: UART8250?
     let devices: [any MMIODevice]
@@ -91,7 +94,7 @@ public final class Machine: @unchecked Sendable {
         try configuration.validate()
         let memory: SharedMemory
         do { memory = try SharedMemory(size: Int(configuration.memorySize), name: "\(configuration.name)-ram") } catch { throw .kvm(error) }
-        try self.init(configuration: configuration, memory: memory, console: console, logger: logger)
+        try self.init(configuration: configuration, memory: memory, pc: configuration.linux != nil, console: console, logger: logger)
         try boot()
     }
 
@@ -116,12 +119,18 @@ public final class Machine: @unchecked Sendable {
             throw .invalidState(part: "machine header", reason: "the saved machine had \(saved.hasNetwork ? "a" : "no") network card and \(saved.hasDisk ? "a" : "no") disk; configure the same")
         }
         try configuration.validate()
-        try self.init(configuration: configuration, memory: memory, console: console, logger: logger)
+        try self.init(configuration: configuration, memory: memory, pc: saved.hasUART, console: console, logger: logger)
         try restore(saved)
     }
 
-    private init(configuration: MachineConfiguration, memory: SharedMemory,
+    /// With `pc`, the machine is a Linux guest's: port-I/O devices (`uart`,
+    /// `LegacyPorts`), and virtio devices interrupt on IRQ lines
+    /// (`virtioNetIRQ`, `virtioBlockIRQ`) instead of the doorbell.
+    private init(configuration: MachineConfiguration, memory: SharedMemory, pc: Bool,
                  console: @escaping @Sendable ([UInt8]) -> Void, logger: Logger) throws(MachineError) {
+        if pc, !KVM.runsGuestKernels {
+            throw .cannotRun("this host's KVM (\(KVM.module ?? "unknown")) emulates guest kernel code and cannot run Linux: use hardware KVM (kvm_intel, kvm_amd) or the KVM box (Scripts/kvm-box.sh)")
+        }
         self.configuration = configuration
         self.memory = memory
         self.logger = logger
@@ -161,32 +170,36 @@ public final class Machine: @unchecked Sendable {
         }
         self.doorbell = doorbell
         guestMemory = GuestMemory(memory)
+        let vm = self.vm
+        /// An interrupt: a pulse on `line` for a Linux guest, else a doorbell event.
+        func interrupt(line: UInt32, event: UInt64) -> @Sendable () -> Void {
+            guard pc else { return { doorbell.raise(event) } }
+            return {
+                do {
+                    try vm.setIRQLine(line, level: true)
+                    try vm.setIRQLine(line, level: false)
+                } catch {
+                    logger.error("raising IRQ \(line): \(error)")
+                }
+            }
+        }
         if let network = configuration.network {
             net = VirtioNet(base: GuestLayout.virtioNetBase, memory: guestMemory, mac: network.mac,
-                            tap: try Tap(name: network.tap), logger: logger) { doorbell.raise(Doorbell.Event.network) }
+                            tap: try Tap(name: network.tap), logger: logger,
+                            notifyGuest: interrupt(line: Self.virtioNetIRQ, event: Doorbell.Event.network))
         } else {
             net = nil
         }
         if let disk = configuration.disk {
             block = try VirtioBlock(base: GuestLayout.virtioBlockBase, memory: guestMemory, path: disk.path,
-                                    readOnly: disk.readOnly, logger: logger) { doorbell.raise(Doorbell.Event.disk) }
+                                    readOnly: disk.readOnly, logger: logger,
+                                    notifyGuest: interrupt(line: Self.virtioBlockIRQ, event: Doorbell.Event.disk))
         } else {
             block = nil
         }
         devices = [serial, doorbell] + [net as (any MMIODevice)?, block].compactMap { $0 }
-        if configuration.linux != nil {
-            guard KVM.runsGuestKernels else {
-                throw .cannotRun("this host's KVM (\(KVM.module ?? "unknown")) emulates guest kernel code and cannot boot Linux: use hardware KVM (kvm_intel, kvm_amd) or the KVM box (Scripts/kvm-box.sh)")
-            }
-            let vm = self.vm, logger = self.logger
-            let uart = UART8250(output: console) {
-                do {
-                    try vm.setIRQLine(UART8250.com1IRQ, level: true)
-                    try vm.setIRQLine(UART8250.com1IRQ, level: false)
-                } catch {
-                    logger.error("raising the UART's interrupt: \(error)")
-                }
-            }
+        if pc {
+            let uart = UART8250(output: console, interrupt: interrupt(line: UART8250.com1IRQ, event: 0))
             self.uart = uart
             portDevices = [uart, LegacyPorts { [weak self] in self?.stop(.reset) }]
         }
@@ -264,13 +277,17 @@ public final class Machine: @unchecked Sendable {
     /// first vCPU at CPL0 with interrupts off and RSI at the zero page; other
     /// vCPUs wait for the kernel's INIT/SIPI.
     private func bootLinux(_ linux: LinuxBoot) throws(MachineError) {
-        let entry = try linux.load(into: memory, memorySize: configuration.memorySize)
+        // The kernel learns of the virtio-mmio devices from its command line.
+        var linux = linux
+        if let net { linux.commandLine += " virtio_mmio.device=4K@0x\(String(net.base, radix: 16)):\(Self.virtioNetIRQ)" }
+        if let block { linux.commandLine += " virtio_mmio.device=4K@0x\(String(block.base, radix: 16)):\(Self.virtioBlockIRQ)" }
+        let entry = try linux.load(into: memory, memorySize: configuration.memorySize, vcpus: vcpus.count)
         GuestLayout.writeSystemTables(into: memory)
         GuestLayout.writeKernelSegments(into: memory)
         do {
             let cpuid = try kvm.supportedCPUID()
             for (index, vcpu) in vcpus.enumerated() {
-                try vcpu.setCPUID(cpuid.forVCPU(index, of: vcpus.count))
+                try vcpu.setCPUID(cpuid.forVCPU(index, of: vcpus.count).announcingHypervisor())
                 guard index == 0 else { continue }
                 try vcpu.setSpecialRegisters(GuestLayout.kernelModeSpecialRegisters(vcpu.specialRegisters()))
                 var regs = kvm_regs()

@@ -7,7 +7,8 @@ import KVM
 /// length-checked and checksummed, and errors name the part.
 struct MachineState {
     static let magic: [UInt8] = Array("UMVM".utf8)
-    static let version: UInt16 = 1
+    /// 2: a Linux guest's UART (section 7).
+    static let version: UInt16 = 2
 
     var memorySize: UInt64
     var maxSlotSize: UInt64
@@ -23,18 +24,21 @@ struct MachineState {
         static let doorbell: UInt16 = 4
         static let net: UInt16 = 5
         static let block: UInt16 = 6
+        static let uart: UInt16 = 7
         static let firstVCPU: UInt16 = 0x100
     }
 
     static let deviceTags: [String: UInt16] = ["serial": Tag.serial, "doorbell": Tag.doorbell,
-                                               "virtio-net": Tag.net, "virtio-blk": Tag.block]
+                                               "virtio-net": Tag.net, "virtio-blk": Tag.block, "uart": Tag.uart]
     var hasNetwork: Bool { devices["virtio-net"] != nil }
     var hasDisk: Bool { devices["virtio-blk"] != nil }
+    /// A Linux guest's machine: port-I/O devices, virtio interrupts on IRQ lines.
+    var hasUART: Bool { devices["uart"] != nil }
 
     static var names: [UInt16: String] {
         var names: [UInt16: String] = [Tag.header: "machine header", Tag.vm: "VM state",
                                        Tag.serial: "serial", Tag.doorbell: "doorbell",
-                                       Tag.net: "virtio-net", Tag.block: "virtio-blk"]
+                                       Tag.net: "virtio-net", Tag.block: "virtio-blk", Tag.uart: "UART"]
         for index in 0..<GuestLayout.maxVCPUs { names[Tag.firstVCPU + UInt16(index)] = "vCPU \(index) state" }
         return names
     }
@@ -138,6 +142,7 @@ extension Machine {
             }
             var deviceStates: [String: [UInt8]] = [:]
             for device in devices { deviceStates[device.name] = device.saveState() }
+            if let uart { deviceStates["uart"] = uart.saveState() }
             let configuration = configuration
             let devices = deviceStates
             return {
@@ -180,6 +185,10 @@ extension Machine {
                 throw .invalidState(part: device.name, reason: "missing")
             }
             try device.restoreState(bytes)
+        }
+        if let uart {
+            guard let bytes = saved.devices["uart"] else { throw .invalidState(part: "UART", reason: "missing") }
+            try uart.restoreState(bytes)
         }
     }
 }

@@ -7,6 +7,7 @@ import KVM
 /// ```
 /// 0x1000-0x6fff page tables (identity map of 4 GiB) · 0x7000 GDT (__BOOT_CS 0x10, __BOOT_DS 0x18)
 /// 0x8000 zero page (boot_params: setup header, e820 map) · 0x20000 command line
+/// 0x9FC00 MP table (reserved in the e820 map up to 1 MiB)
 /// 0x100000 protected-mode kernel · initrd at the top of RAM (below initrd_addr_max)
 /// ```
 public struct LinuxBoot: Sendable, Equatable {
@@ -54,12 +55,14 @@ public struct LinuxBoot: Sendable, Equatable {
         return start
     }
 
-    /// Writes the kernel, initrd, command line and zero page into `memory`
+    /// Writes the kernel, initrd, command line, MP table (for `vcpus`) and zero page into `memory`
     /// (RAM of `memorySize` bytes, zero-filled); returns the 64-bit entry point.
     /// The page tables and GDT are `GuestLayout`'s.
-    public func load(into memory: SharedMemory, memorySize: UInt64) throws(MachineError) -> UInt64 {
+    public func load(into memory: SharedMemory, memorySize: UInt64, vcpus: Int) throws(MachineError) -> UInt64 {
         let initrdStart = try placement(memorySize: memorySize)
         let bytes = memory.bytes
+        let mp = MPTable.bytes(at: Self.lowRAMEnd, vcpus: vcpus)
+        bytes[Int(Self.lowRAMEnd)..<(Int(Self.lowRAMEnd) + mp.count)].copyBytes(from: mp)
         let kernelStart = Int(LinuxKernel.loadAddress)
         bytes[kernelStart..<(kernelStart + kernel.protectedMode.count)].copyBytes(from: kernel.protectedMode)
         if !initrd.isEmpty {
