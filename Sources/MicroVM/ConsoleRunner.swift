@@ -42,7 +42,12 @@ public enum ConsoleRunner {
     /// Console bytes and network frames go through one `OutputBuffer`: with a
     /// standby they are released when their checkpoint is acknowledged; without
     /// one they pass straight through.
-    public static func run(_ source: Source, protection: Protection = .unprotected, logger: Logger) throws(MachineError) -> Int32 {
+    ///
+    /// With `saveOnStop`, a stop signal (SIGTERM, SIGINT) pauses the guest and
+    /// writes a snapshot there (`MachineSnapshot`) before the machine stops: a
+    /// later run with `.snapshot` continues it.
+    public static func run(_ source: Source, protection: Protection = .unprotected, saveOnStop: String? = nil,
+                           logger: Logger) throws(MachineError) -> Int32 {
         let world = WorldOutput(logger: logger)
         let output = OutputBuffer(protected: { if case .standby = protection { true } else { false } }()) { kind, bytes in
             world.release(kind, bytes)
@@ -91,10 +96,25 @@ public enum ConsoleRunner {
         }
         // A signal ends replication in order first (the standby is told goodbye and
         // does not take over), then stops the machine.
-        return try runToEnd(machine, logger: logger, onSignal: { primary?.stop(reason: "the primary was told to stop") }) { () throws(MachineError) in
+        return try runToEnd(machine, logger: logger, onSignal: {
+            primary?.stop(reason: "the primary was told to stop")
+            if let saveOnStop { save(machine, to: saveOnStop, logger: logger) }
+        }) { () throws(MachineError) in
             do { try primary?.start() } catch { throw .invalidConfiguration("\(error)") }
         } stopping: { reason in
             primary?.end(after: reason)
+        }
+    }
+
+    /// Pauses `machine` and writes its snapshot to `path`, saying how it went.
+    static func save(_ machine: Machine, to path: String, logger: Logger) {
+        let started = ContinuousClock.now
+        do {
+            try machine.pause()
+            try MachineSnapshot.write(machine, to: path)
+            logger.notice("snapshot written", metadata: ["path": "\(path)", "time": "\(ContinuousClock.now - started)"])
+        } catch {
+            logger.error("cannot write the snapshot to \(path): \(error)")
         }
     }
 

@@ -75,6 +75,9 @@ struct UnderstudyPrimary: ParsableCommand {
     @Option(help: "With a disk and a standby: what one epoch may write to the disk before it ends early; while the link is behind, the guest is held here until it catches up (1M to 128M).")
     var diskBudget = "64M"
 
+    @Option(help: "Unprotected: on SIGTERM or SIGINT, pause the guest and write a snapshot here before stopping (--restore continues it).")
+    var saveOnStop: String?
+
     @Option(help: "Resume a machine snapshot file instead of booting.")
     var restore: String?
 
@@ -99,6 +102,7 @@ struct UnderstudyPrimary: ParsableCommand {
         guard (1...8).contains(vcpus) else { throw ValidationError("--vcpus must be 1 to 8") }
         guard MemorySize.parse(memory) != nil else { throw ValidationError("cannot read memory size '\(memory)'") }
         guard kernel == nil || (guest == nil && restore == nil) else { throw ValidationError("--kernel boots Linux: give no --guest or --restore with it") }
+        guard saveOnStop == nil || unprotected else { throw ValidationError("--save-on-stop is for --unprotected runs (a protected guest's copy is its standby)") }
         guard kernel != nil || initrd == nil else { throw ValidationError("--initrd goes with --kernel") }
         guard MACAddress.parse(mac) != nil else { throw ValidationError("cannot read MAC address '\(mac)'") }
         guard let budget = MemorySize.parse(diskBudget), (1 << 20...UInt64(DiskWriteLog.maximumEpochBudget)).contains(budget) else {
@@ -153,7 +157,7 @@ struct UnderstudyPrimary: ParsableCommand {
             logger.warning("running unprotected (--unprotected): a failure of this host loses the guest")
         }
         do {
-            let status = try ConsoleRunner.run(source, protection: protection, logger: logger)
+            let status = try ConsoleRunner.run(source, protection: protection, saveOnStop: saveOnStop, logger: logger)
             throw ExitCode(status)
         } catch let error as MachineError {
             logger.error("\(error)")

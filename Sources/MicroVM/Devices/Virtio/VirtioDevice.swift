@@ -70,7 +70,11 @@ open class VirtioDevice: MMIODevice, @unchecked Sendable {
 
     public func setQuiesced(_ quiesced: Bool) {
         lock.withLock { self.quiesced = quiesced }
+        quiescedChanged(quiesced)
     }
+
+    /// Subclasses: the machine paused (`quiesced`) or resumed; called after the change, outside the lock.
+    open func quiescedChanged(_ quiesced: Bool) {}
 
     // MARK: registers
 

@@ -23,6 +23,9 @@ public final class VirtioNet: VirtioDevice, @unchecked Sendable {
     private var heldFrame: [UInt8]?
     private var stopReceiving = false
     private let receiverDone = DispatchSemaphore(value: 0)
+    /// Wakes the receive thread when a frame may be deliverable again: the
+    /// driver posted receive buffers, the machine resumed, or the device stops.
+    private let receiverWake = DispatchSemaphore(value: 0)
     private var receiverStarted = false
     /// Frames dropped because the guest's receive buffers were too small.
     public private(set) var droppedFrames = 0
@@ -56,6 +59,7 @@ public final class VirtioNet: VirtioDevice, @unchecked Sendable {
     public override func processQueue(_ index: Int) throws(VirtioError) -> Bool {
         if index == 0 {
             // New receive buffers: deliver a held frame if there is one.
+            receiverWake.signal()
             if let frame = heldFrame, try deliverLocked(frame) { heldFrame = nil; return true }
             return false
         }
@@ -167,8 +171,12 @@ public final class VirtioNet: VirtioDevice, @unchecked Sendable {
         let thread = Thread { [self] in
             var buffer = [UInt8](repeating: 0, count: 65_536)
             while !lock.withLock({ stopReceiving }) {
+                // Nothing to do until the guest can take a frame: wait for what
+                // changes that (with a timeout, in case a change came between
+                // the check and the wait). Polling here instead cost a booting
+                // Linux guest most of its CPU in the KVM box.
                 guard deliverHeld(), canAccept else {
-                    usleep(200)
+                    _ = receiverWake.wait(timeout: .now() + .milliseconds(20))
                     continue
                 }
                 guard tap.waitReadable(milliseconds: 20) else { continue }
@@ -182,8 +190,13 @@ public final class VirtioNet: VirtioDevice, @unchecked Sendable {
         thread.start()
     }
 
+    public override func quiescedChanged(_ quiesced: Bool) {
+        if !quiesced { receiverWake.signal() }
+    }
+
     public override func shutdown() {
         lock.withLock { stopReceiving = true }
+        receiverWake.signal()
         if receiverStarted {
             receiverDone.wait()
             receiverStarted = false
