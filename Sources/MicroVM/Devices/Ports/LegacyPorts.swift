@@ -5,14 +5,11 @@ import Foundation
 /// real-time clock never shows an update in progress), the i8042 controller
 /// and the reset control register (0xCF9).
 ///
-/// There is no keyboard controller, and the guest must learn that without
-/// polling: each poll is an exit, and Linux's i8042 driver, finding a status
-/// of 0, polled for seconds per command (minutes in the KVM box, where an exit
-/// costs about a millisecond). So the status port (0x64) reads 0xFD, "output
-/// full, input empty", and the data port 0xFF: Linux drains 16 bytes, says "No
-/// controller found" and stops; a keyboard-controller reset (`reboot=k`)
-/// finds the input buffer empty at once and writes 0xFE to 0x64, which stops
-/// the machine with `.reset`.
+/// The i8042 reads as an idle controller with nothing to read (status 0): its
+/// Linux driver gives up after its command timeouts ("Can't read CTR"), and a
+/// keyboard-controller reset (`reboot=k`, 0xFE on 0x64) stops the machine with
+/// `.reset`. (Reading the status as "output full" instead, as a missing
+/// controller's floating bus would, stalled Debian's kernel early in boot.)
 public final class LegacyPorts: PortDevice, @unchecked Sendable {
     private let reset: @Sendable () -> Void
     private let lock = NSLock()
@@ -30,9 +27,7 @@ public final class LegacyPorts: PortDevice, @unchecked Sendable {
     public func read(port: UInt16, size: Int) -> UInt32 {
         switch port {
         case 0x70: lock.withLock { UInt32(cmosIndex) }
-        case 0x64: 0xFD
-        case 0x60...0x63: 0xFF
-        case 0x71, 0xCF9: 0
+        case 0x71, 0x60...0x64, 0xCF9: 0
         default: UInt32.max
         }
     }
