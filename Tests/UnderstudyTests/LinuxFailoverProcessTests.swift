@@ -41,7 +41,7 @@ struct LinuxFailoverProcessTests {
         let first = try ChildProcess("understudy-primary", [
             "--unprotected", "--kernel", kernel, "--initrd", initrd, "--append", Self.commandLine,
             "--tap", tap, "--disk", disk, "--memory", "256M", "--save-on-stop", snapshot])
-        #expect(eventually(timeout: TestHost.seconds(180)) { first.standardOutput.text.contains("kvstore: listening") || !first.process.isRunning },
+        #expect(eventually(timeout: 180) { first.standardOutput.text.contains("kvstore: listening") || !first.process.isRunning },
                 "first: \(first.standardError.text.suffix(3000)) \(first.standardOutput.text.suffix(3000))")
         let socket = try NamespaceSocket.connect(namespacePath: network.namespacePath, host: "10.77.0.2", port: 7000,
                                                  timeout: Int(TestHost.seconds(30)))
@@ -57,7 +57,7 @@ struct LinuxFailoverProcessTests {
         #expect(try socket.command("INCR n") == "VALUE 2 3")
         #expect(try LinuxGuest.journal(path: disk).count == 3)
         let ticksBefore = Self.ticks(first.standardOutput.text)
-        #expect(eventually(timeout: TestHost.seconds(30)) { Self.ticks(second.standardOutput.text).count >= 2 }, "the console goes on")
+        #expect(eventually(timeout: 30) { Self.ticks(second.standardOutput.text).count >= 2 }, "the console goes on")
         let all = Self.ticks(first.standardOutput.text + second.standardOutput.text)
         #expect(!ticksBefore.isEmpty && all == Array(1...(all.last ?? 0)), "ticks continue with no gap and no repeat: \(all.suffix(8))")
     }
@@ -79,7 +79,7 @@ struct LinuxFailoverProcessTests {
             "--append", Self.commandLine,
             "--tap", primaryTap, "--disk", primaryDisk, "--memory", "256M", "--epoch", "10ms", "--heartbeat-timeout", "2s",
             "--status-interval", "5s"])
-        #expect(eventually(timeout: TestHost.seconds(180)) {
+        #expect(eventually(timeout: 180) {
             (primary.standardError.text.contains("protected by the standby") && primary.standardOutput.text.contains("kvstore: listening"))
                 || !primary.process.isRunning
         }, "primary: \(primary.standardError.text.suffix(3000)) \(primary.standardOutput.text.suffix(3000))")
@@ -113,14 +113,14 @@ struct LinuxFailoverProcessTests {
             return (acknowledged, counter, nil)
         }
         let target = 10 + Int.random(in: 0..<30)
-        #expect(eventually(timeout: TestHost.seconds(120)) { progress.withLock { $0.before } >= target }, "the client is served before the kill")
+        #expect(eventually(timeout: 120) { progress.withLock { $0.before } >= target }, "the client is served before the kill")
         let ticksBefore = primary.standardOutput.lines.filter { $0.hasPrefix("understudy-linux: tick") }.count
         primary.signal(SIGKILL)
         killed.store(true, ordering: .relaxed)
         _ = primary.waitForExit()
-        #expect(eventually(timeout: TestHost.seconds(120)) { progress.withLock { $0.after } >= 10 },
+        #expect(eventually(timeout: 120) { progress.withLock { $0.after } >= 10 },
                 "the same connection is served after the kill; standby: \(standby.standardError.text.suffix(3000))")
-        #expect(eventually(timeout: TestHost.seconds(60)) {
+        #expect(eventually(timeout: 60) {
             standby.standardOutput.lines.filter { $0.hasPrefix("understudy-linux: tick") }.count >= 2
         }, "the guest's console continues on the standby")
         stop.store(true, ordering: .relaxed)
