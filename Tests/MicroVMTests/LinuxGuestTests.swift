@@ -50,15 +50,19 @@ struct LinuxKernelImageTests {
                                "runs in the KVM box on this host (kvm_pvm emulates guest kernels)"),
        .serialized, .deadline(minutes: 30))
 struct LinuxGuestTests {
+    /// The guest of Scripts/linux-guest.sh with `commandLine`.
+    static func guest(commandLine: String) throws -> LinuxBoot {
+        let (kernelPath, initrdPath) = try LinuxGuest.files()
+        let kernel = try LinuxKernel(bzImage: [UInt8](try Data(contentsOf: URL(fileURLWithPath: kernelPath))))
+        return LinuxBoot(kernel: kernel, initrd: [UInt8](try Data(contentsOf: URL(fileURLWithPath: initrdPath))), commandLine: commandLine)
+    }
+
     /// Debian's kernel with its initramfs and nothing else: its init runs and
     /// keeps printing on ttyS0 through the UART.
     @Test(.disabled("issue 13, in progress: booted from the command line in the box, not yet within this test there"))
     func bootsToItsInitAndKeepsRunning() throws {
-        let (kernelPath, initrdPath) = try LinuxGuest.files()
-        let kernel = try LinuxKernel(bzImage: [UInt8](try Data(contentsOf: URL(fileURLWithPath: kernelPath))))
-        let initrd = [UInt8](try Data(contentsOf: URL(fileURLWithPath: initrdPath)))
         var configuration = MachineConfiguration(memorySize: 256 << 20)
-        configuration.linux = LinuxBoot(kernel: kernel, initrd: initrd, commandLine: LinuxBoot.defaultCommandLine)
+        configuration.linux = try Self.guest(commandLine: LinuxBoot.defaultCommandLine)
         let console = ConsoleBuffer()
         let machine = try Machine(configuration: configuration, console: console.sink)
         defer { machine.requestStop(); _ = machine.waitUntilStopped(timeout: TestHost.scaled(.seconds(30))) }
@@ -75,14 +79,11 @@ struct LinuxGuestTests {
 
     @Test(.disabled("issue 13, in progress: with virtio devices the guest stalls after boot in the KVM box (the vCPU busy, no console)"))
     func bootsAndServesAClientFromItsDisk() throws {
-        let (kernelPath, initrdPath) = try LinuxGuest.files()
-        let kernel = try LinuxKernel(bzImage: [UInt8](try Data(contentsOf: URL(fileURLWithPath: kernelPath))))
-        let initrd = [UInt8](try Data(contentsOf: URL(fileURLWithPath: initrdPath)))
         let network = try TestNetwork()
         let disk = JournalImage.makeImage(megabytes: 16)
         defer { try? FileManager.default.removeItem(atPath: disk) }
         var configuration = MachineConfiguration(memorySize: 256 << 20)
-        configuration.linux = LinuxBoot(kernel: kernel, initrd: initrd, commandLine: LinuxBoot.defaultCommandLine + " understudy.ip=10.77.0.2/24")
+        configuration.linux = try Self.guest(commandLine: LinuxBoot.defaultCommandLine + " understudy.ip=10.77.0.2/24")
         configuration.network = NetworkConfiguration(tap: try network.addTap())
         configuration.disk = DiskConfiguration(path: disk)
         let console = ConsoleBuffer()

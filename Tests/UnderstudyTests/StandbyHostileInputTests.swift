@@ -223,26 +223,56 @@ struct StandbyHostileInputTests {
     }
 }
 
+/// A running workload machine and its `ReplicationPrimary`, pointed at a
+/// listener the test plays the standby on; `released` counts released output.
+final class PrimaryFixture {
+    let listener: TCPListener
+    private final class Count: Sendable { let value = Mutex<Int>(0) }
+    private let released = Count()
+    let output: OutputBuffer
+    let machine: Machine
+    let primary: ReplicationPrimary
+    private let log = CollectedLog()
+
+    init() throws {
+        listener = try TCPListener(address: SocketAddress(host: "127.0.0.1", port: 0))
+        let released = self.released
+        let output = OutputBuffer { _, _ in released.value.withLock { $0 += 1 } }
+        self.output = output
+        machine = try Machine(configuration: .init(memorySize: 32 << 20, commandLine: "pages=4 wss=64 every=2000", dirtyTracking: .bitmap),
+                              console: { bytes in bytes.withUnsafeBytes { output.hold(.console, $0) } })
+        try machine.start()
+        var configuration = PrimaryConfiguration(standby: SocketAddress(host: "127.0.0.1", port: listener.port),
+                                                 engine: EngineConfiguration(epoch: .milliseconds(5)), heartbeatTimeout: .seconds(5))
+        configuration.statusInterval = nil
+        primary = ReplicationPrimary(machine: machine, output: output, configuration: configuration, logger: log.logger)
+        do { try primary.start() } catch { stopMachine(); throw error }
+    }
+
+    /// How many times output was released.
+    var releasedCount: Int { released.value.withLock { $0 } }
+
+    /// Stops replication, then the machine.
+    func stop() {
+        primary.stop()
+        stopMachine()
+    }
+
+    private func stopMachine() {
+        machine.requestStop()
+        _ = machine.waitUntilStopped(timeout: TestHost.scaled(.seconds(10)))
+    }
+}
+
 /// The primary does not trust its standby either: an acknowledgement of a
 /// checkpoint it has not sent whole (or out of order) releases nothing and ends
 /// the session for a resync (output stays held).
 @Suite("Primary under a hostile standby", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 10), .serialized)
 struct PrimaryHostileStandbyTests {
     @Test func earlyAcknowledgementReleasesNothing() throws {
-        let log = CollectedLog()
-        let listener = try TCPListener(address: SocketAddress(host: "127.0.0.1", port: 0))
-        let released = Mutex<Int>(0)
-        let output = OutputBuffer { _, _ in released.withLock { $0 += 1 } }
-        let machine = try Machine(configuration: .init(memorySize: 32 << 20, commandLine: "pages=4 wss=64 every=2000", dirtyTracking: .bitmap),
-                                  console: { bytes in bytes.withUnsafeBytes { output.hold(.console, $0) } })
-        defer { machine.requestStop(); _ = machine.waitUntilStopped(timeout: TestHost.scaled(.seconds(10))) }
-        try machine.start()
-        var configuration = PrimaryConfiguration(standby: SocketAddress(host: "127.0.0.1", port: listener.port),
-                                                 engine: EngineConfiguration(epoch: .milliseconds(5)), heartbeatTimeout: .seconds(5))
-        configuration.statusInterval = nil
-        let primary = ReplicationPrimary(machine: machine, output: output, configuration: configuration, logger: log.logger)
-        try primary.start()
-        defer { primary.stop() }
+        let fixture = try PrimaryFixture()
+        defer { fixture.stop() }
+        let (listener, output, primary) = (fixture.listener, fixture.output, fixture.primary)
 
         // A "standby" that welcomes the primary, then acknowledges checkpoint 7 at once.
         let link = FrameConnection(try #require(try listener.accept(timeout: .seconds(30))))
@@ -256,13 +286,13 @@ struct PrimaryHostileStandbyTests {
         while frame.kind != .resync { frame = try link.receive(timeout: TestHost.scaled(.seconds(30))) }
         #expect(String(decoding: frame.payload, as: UTF8.self).contains("acknowledged checkpoint 7"))
         #expect(primary.acknowledged == nil, "the bogus acknowledgement was not taken")
-        #expect(released.withLock { $0 } == 0, "nothing was released")
+        #expect(fixture.releasedCount == 0, "nothing was released")
         // Output stays held and a new session of the same guest begins at once.
         let again = FrameConnection(try #require(try listener.accept(timeout: .seconds(30))))
         let second = try Hello(payload: again.receive(timeout: .seconds(10)).payload)
         #expect(second.guest == hello.guest && second.session != hello.session)
         #expect(primary.status != .unprotected && output.isProtected)
-        #expect(released.withLock { $0 } == 0, "nothing was released")
+        #expect(fixture.releasedCount == 0, "nothing was released")
     }
 }
 
@@ -272,20 +302,9 @@ extension PrimaryHostileStandbyTests {
     /// the new session has sent too: it must release nothing. Only the new
     /// session's own acknowledgement releases the held output.
     @Test func acknowledgementsOfAnOldSessionReleaseNothing() throws {
-        let log = CollectedLog()
-        let listener = try TCPListener(address: SocketAddress(host: "127.0.0.1", port: 0))
-        let released = Mutex<Int>(0)
-        let output = OutputBuffer { _, _ in released.withLock { $0 += 1 } }
-        let machine = try Machine(configuration: .init(memorySize: 32 << 20, commandLine: "pages=4 wss=64 every=2000", dirtyTracking: .bitmap),
-                                  console: { bytes in bytes.withUnsafeBytes { output.hold(.console, $0) } })
-        defer { machine.requestStop(); _ = machine.waitUntilStopped(timeout: TestHost.scaled(.seconds(10))) }
-        try machine.start()
-        var configuration = PrimaryConfiguration(standby: SocketAddress(host: "127.0.0.1", port: listener.port),
-                                                 engine: EngineConfiguration(epoch: .milliseconds(5)), heartbeatTimeout: .seconds(5))
-        configuration.statusInterval = nil
-        let primary = ReplicationPrimary(machine: machine, output: output, configuration: configuration, logger: log.logger)
-        try primary.start()
-        defer { primary.stop() }
+        let fixture = try PrimaryFixture()
+        defer { fixture.stop() }
+        let (listener, primary) = (fixture.listener, fixture.primary)
 
         /// Welcomes a session and reads until checkpoints 0...2 have ended.
         func session() throws -> FrameConnection {
@@ -311,11 +330,11 @@ extension PrimaryHostileStandbyTests {
             if frame.kind == .checkpointEnd { last = frame.sequence }
         }
         #expect(primary.acknowledged == nil, "no acknowledgement of the old session was taken")
-        #expect(released.withLock { $0 } == 0, "nothing was released")
+        #expect(fixture.releasedCount == 0, "nothing was released")
         #expect(primary.status == .synchronizing)
         // The new session's own acknowledgement does release (the test can see a release).
         try new.send(Frame(.ack, sequence: 0))
-        #expect(eventually(timeout: TestHost.seconds(30)) { primary.acknowledged == 0 && released.withLock { $0 } > 0 })
+        #expect(eventually(timeout: TestHost.seconds(30)) { primary.acknowledged == 0 && fixture.releasedCount > 0 })
         #expect(primary.status == .protected)
     }
 }
