@@ -17,7 +17,14 @@
 #
 # Options:
 #   --memory SIZE     the box's memory, QEMU syntax (default 8G; $UNDERSTUDY_BOX_MEMORY)
-#   --cpus N          emulated CPUs (default: the host's, at most 4; $UNDERSTUDY_BOX_CPUS)
+#   --cpus N          emulated CPUs (default 1; $UNDERSTUDY_BOX_CPUS). Single-threaded
+#                     TCG runs every emulated CPU on one host thread, so a second one
+#                     adds no speed, only QEMU's round-robin kick every 100 ms; and a
+#                     kick can make QEMU's SVM deliver an injected interrupt to the
+#                     nested guest twice (helper_vmrun leaves exception_index set to
+#                     the vector it injected; the kick replays it). Linux guests
+#                     died of it (a timer interrupt inside its own handler) in most
+#                     boots with 2 CPUs, in none of 6 with 1.
 #   --env NAME        pass the host's variable NAME into the box (repeatable);
 #                     PATH, HOME, TERM and every UNDERSTUDY_* variable always pass
 #   --prepare         build (or check) the cached kernel and initramfs only
@@ -40,8 +47,7 @@ die() { say "$*"; exit 125; }
 checkout=$(cd "$(dirname "$0")/.." && pwd)
 cache=${UNDERSTUDY_BOX_CACHE:-${HOME:-/root}/.cache/understudy-box}
 memory=${UNDERSTUDY_BOX_MEMORY:-8G}
-host_cpus=$(nproc)
-cpus=${UNDERSTUDY_BOX_CPUS:-$(( host_cpus < 4 ? host_cpus : 4 ))}
+cpus=${UNDERSTUDY_BOX_CPUS:-1}
 prepare_only=0
 pass_env=(PATH HOME TERM)
 

@@ -42,9 +42,15 @@ export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
+# insmod, unlike modprobe, does not read a module's parameters from the
+# kernel command line (name.parameter=value): pass them on.
 for m in $(cat /modules/order); do
-    insmod /modules/$m || echo "understudy-linux: insmod $m failed"
+    name=${m#*-}; name=${name%.ko}
+    args=$(tr ' ' '\n' < /proc/cmdline | sed -n "s/^$name\.//p" | tr '\n' ' ')
+    insmod /modules/$m $args || echo "understudy-linux: insmod $m failed"
 done
+# The virtio-mmio devices come from the ACPI tables (the VMM's DSDT).
+echo "understudy-linux: virtio devices: $(ls /sys/bus/virtio/devices 2>/dev/null | tr '\n' ' ')"
 address=$(sed -n 's/.*understudy\.ip=\([^ ]*\).*/\1/p' /proc/cmdline)
 if [ -n "$address" ] && [ -e /sys/class/net/eth0 ]; then
     ip link set lo up
@@ -62,6 +68,10 @@ done
 INIT
 }
 
+# One build at a time (tests in parallel may all ask for the guest at once).
+mkdir -p "$cache"
+exec 9>"$cache/.lock"
+flock 9
 if [ ! -f "$guest/vmlinuz" ] || [ ! -f "$guest/initramfs.cpio.gz" ]; then
     say "building the Linux guest for $kernel_package in $guest (first use only)"
     rm -rf "$guest.tmp" && mkdir -p "$guest.tmp"

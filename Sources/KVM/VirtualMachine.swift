@@ -104,6 +104,16 @@ public final class VirtualMachine: @unchecked Sendable {
         pitCreated.store(true, ordering: .releasing)
     }
 
+    /// Wraps KVM_REINJECT_CONTROL: whether the in-kernel PIT delivers the ticks
+    /// a guest missed (it was descheduled, paused for a checkpoint, or slower
+    /// than the tick) in a burst, each as soon as the previous one is
+    /// acknowledged (KVM's default), or drops them. Needs a PIT.
+    public func setPITReinjection(_ enabled: Bool) throws(KVMError) {
+        var control = kvm_reinject_control()
+        control.pit_reinject = enabled ? 1 : 0
+        try ioctl.call("KVM_REINJECT_CONTROL", CKVM_REINJECT_CONTROL, &control)
+    }
+
     /// Wraps KVM_SET_TSS_ADDR: three pages of guest-physical space KVM may use on Intel hosts.
     public func setTSSAddress(_ address: UInt64) throws(KVMError) {
         try ioctl.call("KVM_SET_TSS_ADDR", CKVM_SET_TSS_ADDR, UInt(address))

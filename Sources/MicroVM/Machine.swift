@@ -146,6 +146,13 @@ public final class Machine: @unchecked Sendable {
             try vm.setIdentityMapAddress(0xFFFB_C000)
             try vm.createIRQChip()
             try vm.createPIT2()
+            // Ticks the guest missed are dropped, not delivered back to back:
+            // a checkpoint pause would otherwise end in a burst of timer
+            // interrupts (Linux keeps time by kvmclock, not by counting them),
+            // and in the KVM box the burst, re-raised at each acknowledgement,
+            // nested a timer interrupt inside its own handler and deadlocked
+            // Debian's kernel on the interrupt's lock early in boot.
+            try vm.setPITReinjection(false)
             slots = Self.slots(memory: memory, maxSlotSize: configuration.maxSlotSize,
                                logDirtyPages: configuration.dirtyTracking != .none)
             for slot in slots { try vm.setUserMemoryRegion(slot) }
@@ -277,11 +284,11 @@ public final class Machine: @unchecked Sendable {
     /// first vCPU at CPL0 with interrupts off and RSI at the zero page; other
     /// vCPUs wait for the kernel's INIT/SIPI.
     private func bootLinux(_ linux: LinuxBoot) throws(MachineError) {
-        // The kernel learns of the virtio-mmio devices from its command line.
-        var linux = linux
-        if let net { linux.commandLine += " virtio_mmio.device=4K@0x\(String(net.base, radix: 16)):\(Self.virtioNetIRQ)" }
-        if let block { linux.commandLine += " virtio_mmio.device=4K@0x\(String(block.base, radix: 16)):\(Self.virtioBlockIRQ)" }
-        let entry = try linux.load(into: memory, memorySize: configuration.memorySize, vcpus: vcpus.count)
+        // The kernel learns of the virtio-mmio devices from the ACPI tables' DSDT.
+        var devices: [ACPITables.VirtioDevice] = []
+        if let net { devices.append(.init(base: net.base, size: net.size, irq: Self.virtioNetIRQ)) }
+        if let block { devices.append(.init(base: block.base, size: block.size, irq: Self.virtioBlockIRQ)) }
+        let entry = try linux.load(into: memory, memorySize: configuration.memorySize, vcpus: vcpus.count, devices: devices)
         GuestLayout.writeSystemTables(into: memory)
         GuestLayout.writeKernelSegments(into: memory)
         do {

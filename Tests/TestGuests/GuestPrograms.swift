@@ -82,7 +82,7 @@ public func eventually(timeout: TimeInterval = 30, _ condition: () -> Bool) -> B
     let deadline = Date().addingTimeInterval(TestHost.seconds(timeout))
     while Date() < deadline {
         if condition() { return true }
-        usleep(5000)
+        usleep(useconds_t(5000 * TestHost.slowdown))    // polling must not starve an emulated guest of the CPU
     }
     return condition()
 }

@@ -7,7 +7,7 @@ import KVM
 /// ```
 /// 0x1000-0x6fff page tables (identity map of 4 GiB) · 0x7000 GDT (__BOOT_CS 0x10, __BOOT_DS 0x18)
 /// 0x8000 zero page (boot_params: setup header, e820 map) · 0x20000 command line
-/// 0x9FC00 MP table (reserved in the e820 map up to 1 MiB)
+/// 0x9FC00 MP table · 0xE0000 ACPI tables (reserved in the e820 map up to 1 MiB)
 /// 0x100000 protected-mode kernel · initrd at the top of RAM (below initrd_addr_max)
 /// ```
 public struct LinuxBoot: Sendable, Equatable {
@@ -25,6 +25,9 @@ public struct LinuxBoot: Sendable, Equatable {
     public static let commandLineAddress: UInt64 = 0x20000
     /// The first RAM above the low megabyte's reserved areas (EBDA, ROMs).
     static let lowRAMEnd: UInt64 = 0x9FC00
+    /// The ACPI tables (the RSDP first), in the reserved BIOS area where a
+    /// kernel that ignores `acpi_rsdp_addr` also looks for the RSDP.
+    static let acpiTables: UInt64 = 0xE0000
 
     public init(kernel: LinuxKernel, initrd: [UInt8] = [], commandLine: String) {
         self.kernel = kernel
@@ -57,14 +60,18 @@ public struct LinuxBoot: Sendable, Equatable {
         return start
     }
 
-    /// Writes the kernel, initrd, command line, MP table (for `vcpus`) and zero page into `memory`
-    /// (RAM of `memorySize` bytes, zero-filled); returns the 64-bit entry point.
-    /// The page tables and GDT are `GuestLayout`'s.
-    public func load(into memory: SharedMemory, memorySize: UInt64, vcpus: Int) throws(MachineError) -> UInt64 {
+    /// Writes the kernel, initrd, command line, MP table and ACPI tables (for
+    /// `vcpus` and the virtio-mmio transports `devices`) and zero page into
+    /// `memory` (RAM of `memorySize` bytes, zero-filled); returns the 64-bit
+    /// entry point. The page tables and GDT are `GuestLayout`'s.
+    func load(into memory: SharedMemory, memorySize: UInt64, vcpus: Int,
+              devices: [ACPITables.VirtioDevice] = []) throws(MachineError) -> UInt64 {
         let initrdStart = try placement(memorySize: memorySize)
         let bytes = memory.bytes
         let mp = MPTable.bytes(at: Self.lowRAMEnd, vcpus: vcpus)
         bytes[Int(Self.lowRAMEnd)..<(Int(Self.lowRAMEnd) + mp.count)].copyBytes(from: mp)
+        let acpi = ACPITables.bytes(at: Self.acpiTables, vcpus: vcpus, devices: devices)
+        bytes[Int(Self.acpiTables)..<(Int(Self.acpiTables) + acpi.count)].copyBytes(from: acpi)
         let kernelStart = Int(LinuxKernel.loadAddress)
         bytes[kernelStart..<(kernelStart + kernel.protectedMode.count)].copyBytes(from: kernel.protectedMode)
         if !initrd.isEmpty {
@@ -84,6 +91,7 @@ public struct LinuxBoot: Sendable, Equatable {
         put(UInt32(Self.commandLineAddress), at: 0x228)             // cmd_line_ptr
         put(UInt32(initrdStart), at: 0x218)                         // ramdisk_image
         put(UInt32(initrd.count), at: 0x21C)                        // ramdisk_size
+        put(Self.acpiTables, at: 0x070)                             // acpi_rsdp_addr
         // The e820 map: low RAM, the reserved EBDA and BIOS area, RAM from 1 MiB.
         let map: [(UInt64, UInt64, UInt32)] = [
             (0, Self.lowRAMEnd, 1),
