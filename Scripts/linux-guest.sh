@@ -68,11 +68,14 @@ done
 INIT
 }
 
-# One build at a time (tests in parallel may all ask for the guest at once).
-mkdir -p "$cache"
-exec 9>"$cache/.lock"
-flock 9
-if [ ! -f "$guest/vmlinuz" ] || [ ! -f "$guest/initramfs.cpio.gz" ]; then
+built() { [ -f "$guest/vmlinuz" ] && [ -f "$guest/initramfs.cpio.gz" ]; }
+if ! built; then
+    # One build at a time (tests in parallel may all ask for the guest at once).
+    mkdir -p "$cache"
+    exec 9>"$cache/.lock"
+    flock 9
+fi
+if ! built; then
     say "building the Linux guest for $kernel_package in $guest (first use only)"
     rm -rf "$guest.tmp" && mkdir -p "$guest.tmp"
     fetch_debian_kernel "$kernel_package" "$guest.tmp"

@@ -41,61 +41,34 @@ struct LinuxKernelImageTests {
     }
 }
 
-/// Debian's stock kernel booted by MicroVM through the 64-bit boot protocol
-/// (no BIOS): its init runs and prints on ttyS0, and its kvstore answers a
-/// client over virtio-net and journals to virtio-blk. Needs a KVM that runs
-/// guest kernel code (kvm_intel, kvm_amd): on kvm_pvm hosts test.sh runs this
-/// suite in the KVM box.
+/// Debian's stock kernel booted by `understudy-primary --kernel` through the
+/// 64-bit boot protocol (no BIOS): its init runs and prints on ttyS0, and its
+/// kvstore answers a client in a network namespace over virtio-net and
+/// journals to virtio-blk. Needs a KVM that runs guest kernel code (kvm_intel,
+/// kvm_amd): on kvm_pvm hosts test.sh runs this suite in the KVM box.
 @Suite("Linux guest", .enabled(if: TestNetwork.available, "needs root and ip(8)"), .enabled(if: TestHost.kvmAvailable && KVM.runsGuestKernels,
                                "runs in the KVM box on this host (kvm_pvm emulates guest kernels)"),
        .serialized, .deadline(minutes: 30))
 struct LinuxGuestTests {
-    /// The guest of Scripts/linux-guest.sh with `commandLine`.
-    static func guest(commandLine: String) throws -> LinuxBoot {
-        let (kernelPath, initrdPath) = try LinuxGuest.files()
-        let kernel = try LinuxKernel(bzImage: [UInt8](try Data(contentsOf: URL(fileURLWithPath: kernelPath))))
-        return LinuxBoot(kernel: kernel, initrd: [UInt8](try Data(contentsOf: URL(fileURLWithPath: initrdPath))), commandLine: commandLine)
-    }
-
-    /// Debian's kernel with its initramfs and nothing else: its init runs and
-    /// keeps printing on ttyS0 through the UART.
-    @Test(.disabled("issue 13, in progress: booted from the command line in the box, not yet within this test there"))
-    func bootsToItsInitAndKeepsRunning() throws {
-        var configuration = MachineConfiguration(memorySize: 256 << 20)
-        configuration.linux = try Self.guest(commandLine: LinuxBoot.defaultCommandLine)
-        let console = ConsoleBuffer()
-        let machine = try Machine(configuration: configuration, console: console.sink)
-        defer { machine.requestStop(); _ = machine.waitUntilStopped(timeout: TestHost.scaled(.seconds(30))) }
-        try machine.start()
-        let booted = eventually(timeout: 60) {
-            console.text.contains("understudy-linux: tick 3") || machine.stopReason != nil
-        }
-        #expect(booted && machine.stopReason == nil, "the guest reached its init: \(machine.stopReason.map(String.init(describing:)) ?? "running"); console:\n\(console.text.suffix(6000))")
-        #expect(console.text.contains("understudy-linux: up"))
-        let ticks = console.lines.filter { $0.hasPrefix("understudy-linux: tick") }.count
-        #expect(eventually(timeout: 10) { console.lines.filter { $0.hasPrefix("understudy-linux: tick") }.count > ticks + 1 },
-                "the guest keeps running")
-    }
-
-    @Test(.disabled("issue 13, in progress: with virtio devices the guest stalls after boot in the KVM box (the vCPU busy, no console)"))
-    func bootsAndServesAClientFromItsDisk() throws {
+    @Test func bootsAndServesAClientFromItsDisk() throws {
+        let (kernel, initrd) = try LinuxGuest.files()
         let network = try TestNetwork()
+        let tap = try network.addTap()
         let disk = JournalImage.makeImage(megabytes: 16)
         defer { try? FileManager.default.removeItem(atPath: disk) }
-        var configuration = MachineConfiguration(memorySize: 256 << 20)
-        configuration.linux = try Self.guest(commandLine: LinuxBoot.defaultCommandLine + " understudy.ip=10.77.0.2/24")
-        configuration.network = NetworkConfiguration(tap: try network.addTap())
-        configuration.disk = DiskConfiguration(path: disk)
-        let console = ConsoleBuffer()
-        let machine = try Machine(configuration: configuration, console: console.sink)
-        defer { machine.requestStop(); _ = machine.waitUntilStopped(timeout: TestHost.scaled(.seconds(30))) }
-        try machine.start()
-        let booted = eventually(timeout: 60) {
-            console.text.contains("kvstore: listening") || machine.stopReason != nil
+        let guest = try ChildProcess("understudy-primary", [
+            "--unprotected", "--kernel", kernel, "--initrd", initrd, "--memory", "256M", "--tap", tap, "--disk", disk,
+            "--append", LinuxBoot.defaultCommandLine + " understudy.ip=10.77.0.2/24"])
+        defer { guest.signal(SIGTERM); _ = guest.waitForExit(timeout: TestHost.seconds(30)) }
+        let started = eventually(timeout: 60) {
+            guest.standardOutput.text.contains("kvstore: listening") || !guest.process.isRunning
         }
-        #expect(booted && machine.stopReason == nil, "the guest's service started: \(machine.stopReason.map(String.init(describing:)) ?? "running"); console:\n\(console.text.suffix(6000))")
-        #expect(console.text.contains("understudy-linux: up"))
-        #expect(console.text.contains("kvstore: replayed 0 records"))
+        #expect(started && guest.process.isRunning,
+                "the guest's service started; console:\n\(guest.standardOutput.text.suffix(6000))\n\(guest.standardError.text.suffix(2000))")
+        let console = guest.standardOutput.text
+        #expect(console.contains("understudy-linux: up"))
+        #expect(console.contains("understudy-linux: virtio devices: virtio0 virtio1"), "both devices found through ACPI")
+        #expect(console.contains("kvstore: replayed 0 records"))
         let client = try NamespaceSocket.connect(namespacePath: network.namespacePath, host: "10.77.0.2", port: 7000,
                                                  timeout: Int(TestHost.seconds(20)))
         #expect(try client.command("PING") == "PONG")
@@ -104,8 +77,8 @@ struct LinuxGuestTests {
         #expect(try client.command("GET greeting") == "VALUE hello")
         // Acknowledged means on the disk: the host reads both records from the image.
         #expect(try LinuxGuest.journal(path: disk) == [("greeting", "hello"), ("n", "1")].map(LinuxGuest.Record.init))
-        let ticks = console.lines.filter { $0.hasPrefix("understudy-linux: tick") }.count
-        #expect(eventually(timeout: 10) { console.lines.filter { $0.hasPrefix("understudy-linux: tick") }.count > ticks + 1 },
+        let ticks = guest.standardOutput.lines.filter { $0.hasPrefix("understudy-linux: tick") }.count
+        #expect(eventually(timeout: 10) { guest.standardOutput.lines.filter { $0.hasPrefix("understudy-linux: tick") }.count > ticks + 1 },
                 "the guest keeps running")
     }
 }

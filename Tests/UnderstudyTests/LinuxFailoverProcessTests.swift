@@ -17,7 +17,6 @@ import Testing
 @Suite("Linux guest across processes",
        .enabled(if: TestNetwork.available, "needs root and ip(8)"), .enabled(if: TestHost.kvmAvailable && KVM.runsGuestKernels,
                 "runs in the KVM box on this host (kvm_pvm emulates guest kernels)"),
-       .disabled("issue 13, in progress: with virtio devices the guest stalls after boot in the KVM box (the vCPU busy, no console)"),
        .serialized, .deadline(minutes: 60))
 struct LinuxFailoverProcessTests {
     static let commandLine = LinuxBoot.defaultCommandLine + " understudy.ip=10.77.0.2/24"
