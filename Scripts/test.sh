@@ -85,8 +85,8 @@ fi
 # Linux guests on a kvm_pvm host: their suites, in the box, after the rest.
 linux_suites="LinuxGuestTests|LinuxFailoverProcessTests"
 # (Opt-in with UNDERSTUDY_TEST_LINUX_IN_BOX=1 while issue 13 is open: the
-# suites that need a device-backed Linux guest are disabled until they pass
-# in the box.)
+# suites that need a running Linux guest are disabled, with the reason, until
+# they pass in the box.)
 if [ "$in_box" = 0 ] && [ "$(kvm_module)" = kvm_pvm ] && [ $# -eq 0 ] && [ "${UNDERSTUDY_TEST_LINUX_IN_BOX:-0}" = 1 ]; then
     box_build=(swift build -c release -Xswiftc -enable-testing --scratch-path .build-box)
     say "kvm_pvm cannot run Linux guests: building for the KVM box and running their suites there"

@@ -2,15 +2,19 @@ import KVM
 import Understudy
 
 extension Machine {
-    /// The VMM name a MicroVM hello carries.
+    /// The VMM name a MicroVM hello carries for its own (CPL3) guests.
     public static let vmmName = "microvm"
+    /// The VMM name a hello carries for a Linux guest's machine (a kernel at
+    /// CPL0, port-I/O devices): a standby whose KVM cannot run kernel code
+    /// (kvm_pvm) refuses it at the handshake rather than fail at a takeover.
+    public static let linuxVMMName = "microvm-linux"
 
     /// What a standby needs to run this guest, for the hello: MicroVM's state
     /// format, and the TSC rate, XSAVE area and CPU features its vCPUs were given.
     public var platform: Hello.Platform {
         get throws(MachineError) {
             do {
-                return Hello.Platform(vmm: Self.vmmName, stateFormat: UInt32(MachineState.version), tscKilohertz: try vcpus[0].tscKHz(),
+                return Hello.Platform(vmm: uart == nil ? Self.vmmName : Self.linuxVMMName, stateFormat: UInt32(MachineState.version), tscKilohertz: try vcpus[0].tscKHz(),
                                       xsaveBytes: UInt32(try vcpus[0].xsaveSize()), cpuFeatures: CPUFeatures(try vcpus[0].cpuid()))
             } catch {
                 throw .kvm(error)
@@ -26,8 +30,11 @@ extension Machine {
     /// Throws `.cannotRun` naming the first thing that fails.
     public static func preflight(_ hello: Hello, tap: String?) throws(MachineError) {
         let platform = hello.platform
-        guard platform.vmm == vmmName else {
+        guard platform.vmm == vmmName || platform.vmm == linuxVMMName else {
             throw .cannotRun("the guest runs under the VMM '\(platform.vmm)'; this standby restores \(vmmName) guests")
+        }
+        guard platform.vmm != linuxVMMName || KVM.runsGuestKernels else {
+            throw .cannotRun("the guest is a Linux guest and this host's KVM (\(KVM.module ?? "unknown")) emulates guest kernel code: use hardware KVM (kvm_intel, kvm_amd)")
         }
         guard platform.stateFormat == UInt32(MachineState.version) else {
             throw .cannotRun("the guest's state is in \(vmmName) state format \(platform.stateFormat); this build restores format \(MachineState.version)")

