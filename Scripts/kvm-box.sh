@@ -24,7 +24,7 @@
 #                     nested guest twice (helper_vmrun leaves exception_index set to
 #                     the vector it injected; the kick replays it). Linux guests
 #                     died of it (a timer interrupt inside its own handler) in most
-#                     boots with 2 CPUs, in none of 6 with 1.
+#                     boots with 2 CPUs, in none of 7 with 1.
 #   --env NAME        pass the host's variable NAME into the box (repeatable);
 #                     PATH, HOME, TERM and every UNDERSTUDY_* variable always pass
 #   --prepare         build (or check) the cached kernel and initramfs only
