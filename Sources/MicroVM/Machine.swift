@@ -148,10 +148,7 @@ public final class Machine: @unchecked Sendable {
             try vm.createPIT2()
             // Ticks the guest missed are dropped, not delivered back to back:
             // a checkpoint pause would otherwise end in a burst of timer
-            // interrupts (Linux keeps time by kvmclock, not by counting them),
-            // and in the KVM box the burst, re-raised at each acknowledgement,
-            // nested a timer interrupt inside its own handler and deadlocked
-            // Debian's kernel on the interrupt's lock early in boot.
+            // interrupts (Linux keeps time by kvmclock, not by counting them).
             try vm.setPITReinjection(false)
             slots = Self.slots(memory: memory, maxSlotSize: configuration.maxSlotSize,
                                logDirtyPages: configuration.dirtyTracking != .none)

@@ -36,6 +36,19 @@ struct VMPlatformTests {
         #expect(after.clock.clock - state.clock.clock < 1_000_000_000)
     }
 
+    /// Turning the PIT's reinjection of missed ticks off works on a VM with a
+    /// PIT, and without one is an error naming the call.
+    @Test func pitReinjectionNeedsAPIT() throws {
+        let kvm = try KVM()
+        let bare = try kvm.createVM()
+        #expect { try bare.setPITReinjection(false) } throws: { "\($0)".contains("KVM_REINJECT_CONTROL") }
+        let vm = try kvm.createVM()
+        try vm.createIRQChip()
+        try vm.createPIT2()
+        try vm.setPITReinjection(false)
+        try vm.setPITReinjection(true)
+    }
+
     @Test func restoringChipsIntoAVMWithoutThemIsRefused() throws {
         let kvm = try KVM()
         let source = try kvm.createVM()
