@@ -68,9 +68,9 @@ struct StandbyHostileInputTests {
         }
     }
 
-    static func hello(_ memorySize: Int, version: UInt16 = Hello.protocolVersion) -> Frame {
+    static func hello(_ memorySize: Int, version: UInt16 = Hello.protocolVersion, flags: Hello.Flags = []) -> Frame {
         Frame(.hello, payload: Hello(session: Hello.newSession(), memorySize: UInt64(memorySize), devices: [],
-                                     epochMicroseconds: 2000, version: version).payload)
+                                     epochMicroseconds: 2000, version: version, flags: flags).payload)
     }
 
     @Test(arguments: Attack.allCases)
@@ -191,7 +191,7 @@ struct StandbyHostileInputTests {
             let refused = try stranger.receive(timeout: .seconds(10))
             #expect(refused.kind == .refuse && String(decoding: refused.payload, as: UTF8.self).contains("another guest"))
             let resumed = FrameConnection(try TCPConnection.connect(to: address))
-            try resumed.send(Self.hello(machine.memory.size))
+            try resumed.send(Self.hello(machine.memory.size, flags: .resume))
             let welcome = try resumed.receive(timeout: .seconds(10))
             #expect(welcome.kind == .welcome)
             #expect(try Hello(payload: welcome.payload).flags.contains(.resume))
@@ -232,7 +232,7 @@ final class PrimaryFixture {
     let output: OutputBuffer
     let machine: Machine
     let primary: ReplicationPrimary
-    private let log = CollectedLog()
+    let log = CollectedLog()
 
     init() throws {
         listener = try TCPListener(address: SocketAddress(host: "127.0.0.1", port: 0))
@@ -245,6 +245,7 @@ final class PrimaryFixture {
         var configuration = PrimaryConfiguration(standby: SocketAddress(host: "127.0.0.1", port: listener.port),
                                                  engine: EngineConfiguration(epoch: .milliseconds(5)), heartbeatTimeout: .seconds(5))
         configuration.statusInterval = nil
+        configuration.reconnectInterval = .milliseconds(100)
         primary = ReplicationPrimary(machine: machine, output: output, configuration: configuration, logger: log.logger)
         do { try primary.start() } catch { stopMachine(); throw error }
     }

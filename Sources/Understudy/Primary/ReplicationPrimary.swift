@@ -191,7 +191,7 @@ public final class ReplicationPrimary: @unchecked Sendable {
             let link: FrameConnection
             let resume: Bool
             do {
-                (link, resume) = try connect()
+                (link, resume) = try connect(askingToResume: resyncing)
             } catch let error as WireError {
                 let holding = ContinuousClock.now < holdUntil
                 if case .refused = error {
@@ -239,15 +239,17 @@ public final class ReplicationPrimary: @unchecked Sendable {
     /// Between reconnect attempts after a resync (the standby is expected back at once).
     static let resyncRetryInterval: Duration = .milliseconds(50)
 
-    /// Connects and shakes hands. Returns the link, and whether the standby
-    /// says it still holds an intact replica of this guest (the welcome's
-    /// resume flag).
-    private func connect() throws -> (FrameConnection, Bool) {
+    /// Connects and shakes hands. `askingToResume`: every output since the
+    /// last session is still held (the session ended for a resync), so the
+    /// standby's committed replica is still a valid takeover point; without it
+    /// the standby forgets its replica. Returns the link, and whether the
+    /// standby resumes its intact replica of this guest (the welcome's resume flag).
+    private func connect(askingToResume: Bool) throws -> (FrameConnection, Bool) {
         let connection = try TCPConnection.connect(to: configuration.standby, timeout: .seconds(1))
         let link = FrameConnection(connection)
         let hello = Hello(session: Hello.newSession(), guest: guest, memorySize: UInt64(machine.guestMemorySize), devices: configuration.devices,
                           epochMicroseconds: UInt32(clamping: configuration.engine.epoch.milliseconds * 1000), mac: configuration.mac,
-                          diskSize: configuration.disk?.size ?? 0, platform: configuration.platform)
+                          diskSize: configuration.disk?.size ?? 0, flags: askingToResume ? .resume : [], platform: configuration.platform)
         try link.send(Frame(.hello, payload: hello.payload))
         let reply = try link.receive(timeout: .seconds(5))
         let resume: Bool
@@ -309,6 +311,7 @@ public final class ReplicationPrimary: @unchecked Sendable {
         let lost = Mutex<String?>(nil)
         let resyncReason = Mutex<String?>(nil)
         let sentThrough = Mutex<UInt64?>(nil)
+        let sendFailed = Atomic<Bool>(false)
         let markLost: @Sendable (String) -> Void = { [wake] reason in
             let first = lost.withLock { value in
                 defer { if value == nil { value = reason } }
@@ -351,7 +354,7 @@ public final class ReplicationPrimary: @unchecked Sendable {
         }
         let log = logger
         engine.sink = { [self] checkpoint in
-            guard lost.withLock({ $0 }) == nil, resyncReason.withLock({ $0 }) == nil else { return }
+            guard lost.withLock({ $0 }) == nil, resyncReason.withLock({ $0 }) == nil, !sendFailed.load(ordering: .relaxed) else { return }
             var sentBytes = 0
             var tenth = 0
             do {
@@ -369,6 +372,13 @@ public final class ReplicationPrimary: @unchecked Sendable {
                     }
                 }
                 wire.withLock { $0.bytes += sentBytes; $0.checkpoints += 1 }
+            } catch let error as WireError where error.meansThePeerIsGone {
+                // The connection failed under this send, but the standby may
+                // have ended the session first (a resync this side has not
+                // read yet): the reader reads what arrived, then meets the same
+                // failure, and decides. No more checkpoints go meanwhile.
+                sendFailed.store(true, ordering: .relaxed)
+                log.warning("sending checkpoint \(checkpoint.sequence) failed: \(error); reading what the standby sent before it")
             } catch {
                 markLost("sending checkpoint \(checkpoint.sequence): \(error)")
             }

@@ -175,6 +175,18 @@ public final class ReplicaImage: @unchecked Sendable {
         precopied = nil
     }
 
+    /// Forgets the committed checkpoint: the image is no takeover point any
+    /// more, and the next session fills it as a first one would (pre-copy, or
+    /// a full image). Memory keeps its bytes until they are overwritten.
+    public func discard() {
+        committedSequence = nil
+        state = []
+        output = []
+        awaitingFull = false
+        isIntact = true
+        precopied = nil
+    }
+
     /// A new session of the same guest begins: the committed checkpoint stays
     /// (it can still be taken over from) until the session's first checkpoint,
     /// a full image, commits and replaces it; sequence numbers start again there.

@@ -209,6 +209,14 @@ public final class StandbyReceiver: @unchecked Sendable {
                                              "longest-silence": "\(longestSilence.milliseconds) ms",
                                              "silent-for": "\(silenceBeforeLoss.milliseconds) ms"]
             if Self.meansThePrimaryIsGone(error) {
+                // The connection failed (an acknowledgement could not be sent,
+                // or it was reset), but what the primary sent before that may
+                // still be unread: a resync or goodbye there means it is alive,
+                // or stopped in order, and is no takeover.
+                if let end = lastWord(on: link) {
+                    logger.warning("the connection failed (\(error)), but the primary had already ended the session", metadata: metadata)
+                    return end
+                }
                 logger.error("primary lost: \(error)", metadata: metadata)
                 return .primaryLost("\(error)")
             }
@@ -222,6 +230,34 @@ public final class StandbyReceiver: @unchecked Sendable {
             refusing.stop()
             link.finish(with: Frame(.resync, payload: Array(reason.utf8.prefix(1024))), timeout: configuration.heartbeatTimeout)
             return .resync(reason)
+        }
+    }
+
+    /// After the connection failed: how the primary ended the session in the
+    /// frames it sent before the failure and this side has not read yet (a
+    /// resync or goodbye), or nil. Checkpoints among them are not applied: the
+    /// primary released no output of a checkpoint it has no acknowledgement for.
+    private func lastWord(on link: FrameConnection) -> SessionEnd? {
+        while true {
+            guard let frame = try? link.receive(timeout: .zero) else { return nil }
+            if let end = ending(frame, on: link) { return end }
+        }
+    }
+
+    /// The end of the session a goodbye or resync frame from the primary means
+    /// (a goodbye is answered), nil for any other frame.
+    private func ending(_ frame: Frame, on link: FrameConnection) -> SessionEnd? {
+        let reason = String(decoding: frame.payload.prefix(1024), as: UTF8.self)
+        switch frame.kind {
+        case .goodbye:
+            logger.info("primary said goodbye: \(reason)")
+            try? link.send(Frame(.goodbye, payload: Array("goodbye".utf8)))
+            return .goodbye(reason)
+        case .resync:
+            logger.warning("the primary ended the session for a resync: \(reason); the replica stays at the last committed checkpoint")
+            return .resync("the primary asked: \(reason)")
+        default:
+            return nil
         }
     }
 
@@ -264,11 +300,24 @@ public final class StandbyReceiver: @unchecked Sendable {
                   offered.diskSize == hello?.diskSize, offered.mac == hello?.mac else {
                 throw WireError.refused("this standby already holds a committed replica of another guest; start a fresh standby")
             }
-            existing.beginResync()
-            resuming = existing.isIntact
-            if resuming { welcome.flags.insert(.resume) }
-            logger.notice("a new session of the same guest: \(resuming ? "the committed replica stays until its full image commits" : "the replica is torn and is replaced")",
-                          metadata: ["committed": "\(existing.committedSequence.map(String.init) ?? "none")"])
+            // Only a primary that held its output since this replica's
+            // checkpoint asks to resume: one that ran unprotected meanwhile has
+            // released output the replica does not hold, and taking over from
+            // it would take that back (two histories). Its replica is
+            // forgotten, and this session fills the image anew.
+            let committed = existing.committedSequence.map(String.init) ?? "none"
+            let wasIntact = existing.isIntact
+            resuming = offered.flags.contains(.resume) && wasIntact
+            if resuming {
+                existing.beginResync()
+                welcome.flags.insert(.resume)
+                logger.notice("a new session of the same guest: the committed replica stays until its full image commits", metadata: ["committed": "\(committed)"])
+            } else {
+                existing.discard()
+                unreleasedOutput = []
+                logger.notice("a new session of the same guest: \(wasIntact ? "the primary released output since the replica's checkpoint (it ran unprotected), so" : "the replica is torn:") it is no takeover point any more and is replaced",
+                              metadata: ["committed": "\(committed)"])
+            }
         } else {
             resuming = false
             if replica?.memory.size != Int(offered.memorySize) {
@@ -318,15 +367,8 @@ public final class StandbyReceiver: @unchecked Sendable {
                 try writeInitialDisk(frame, replica: replica)
             case .memoryData:
                 try writePrecopy(frame, replica: replica, reported: &reportedTenth)
-            case .goodbye:
-                let reason = String(decoding: frame.payload.prefix(1024), as: UTF8.self)
-                logger.info("primary said goodbye: \(reason)")
-                try? link.send(Frame(.goodbye, payload: Array("goodbye".utf8)))
-                return .goodbye(reason)
-            case .resync:
-                let reason = String(decoding: frame.payload.prefix(1024), as: UTF8.self)
-                logger.warning("the primary ended the session for a resync: \(reason); the replica stays at the last committed checkpoint")
-                return .resync("the primary asked: \(reason)")
+            case .goodbye, .resync:
+                if let end = ending(frame, on: link) { return end }
             case .checkpointBegin, .checkpointData, .checkpointEnd:
                 guard let (checkpoint, releasedThrough) = try assembler.take(frame) else {
                     let (received, total) = assembler.progress

@@ -3,8 +3,9 @@ import KVM
 /// The handshake's opening (primary -> standby) and, with the same layout, the
 /// standby's welcome: what the standby must match to hold a replica of this guest.
 public struct Hello: Sendable, Equatable {
-    /// 2: the guest id, the resume flag, and the `resync` frame.
-    public static let protocolVersion: UInt16 = 2
+    /// 2: the guest id, the resume flag, and the `resync` frame. 3: the
+    /// primary's resume flag (a standby keeps its replica only when asked).
+    public static let protocolVersion: UInt16 = 3
     public static let payloadSize = 76 + Platform.size
 
     public var version: UInt16
@@ -78,6 +79,10 @@ public struct Hello: Sendable, Equatable {
     public struct Flags: OptionSet, Sendable, Equatable {
         public let rawValue: UInt16
         public init(rawValue: UInt16) { self.rawValue = rawValue }
+        /// In a hello: the primary has held every output since its last session
+        /// ended (for a resync), so the standby's committed replica of this
+        /// guest is still a valid takeover point; without it the standby
+        /// forgets that replica (the primary may have released output beyond it).
         /// In a welcome: the standby holds an intact committed replica of this
         /// guest, and its disk image is that checkpoint's. The primary sends the
         /// disk extents written since its last acknowledged checkpoint with the
