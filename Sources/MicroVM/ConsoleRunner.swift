@@ -57,9 +57,9 @@ public enum ConsoleRunner {
         switch source {
         case .boot(let configuration):
             machine = try Machine(configuration: configuration, console: console, logger: logger)
-            logger.info("booting", metadata: ["vcpus": "\(configuration.vcpuCount)",
-                                              "memory": "\(configuration.memorySize >> 20) MiB",
-                                              "cmdline": "\(configuration.commandLine)"])
+            logger.info(configuration.linux == nil ? "booting" : "booting a Linux kernel",
+                        metadata: ["vcpus": "\(configuration.vcpuCount)", "memory": "\(configuration.memorySize >> 20) MiB",
+                                   "cmdline": "\(configuration.linux?.commandLine ?? configuration.commandLine)"])
         case .snapshot(let path, let network, let disk):
             let (state, memory) = try MachineSnapshot.read(from: path)
             machine = try Machine(restoring: state, memory: memory, network: network, disk: disk,

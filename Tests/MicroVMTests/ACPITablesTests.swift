@@ -53,12 +53,20 @@ struct ACPITablesTests {
     /// The DSDT's AML, checked byte by byte where it matters: the scope and
     /// device package lengths add up, and each device carries LNRO0005, its
     /// window and its interrupt.
-    @Test func theDSDTDeclaresEachVirtioDevice() {
+    @Test func theDSDTDeclaresTheSerialPortAndEachVirtioDevice() {
         let aml = ACPITables.differentiatedDefinitionBlock(Self.devices)
         #expect(aml[0] == 0x10)
         let (scopeLength, scopeBytes) = Self.packageLength(aml, at: 1)
         #expect(1 + scopeLength == aml.count, "the scope spans the whole block")
         var offset = 1 + scopeBytes + 5                         // \_SB_
+        // COM1 first: PNP0501, ports 0x3F8-0x3FF, IRQ 4.
+        #expect(aml[offset] == 0x5B && aml[offset + 1] == 0x82)
+        let (serialLength, serialLengthBytes) = Self.packageLength(aml, at: offset + 2)
+        let serial = Array(aml[(offset + 2 + serialLengthBytes)..<(offset + 2 + serialLength)])
+        #expect(Array(serial.prefix(4)) == Array("COM1".utf8))
+        #expect(serial.containsSequence(Array("_HID".utf8) + [0x0C, 0x41, 0xD0, 0x05, 0x01]), "EisaId PNP0501")
+        #expect(serial.containsSequence([0x47, 0x01, 0xF8, 0x03, 0xF8, 0x03, 0x01, 0x08, 0x22, 0x10, 0x00, 0x79, 0x00]))
+        offset += 2 + serialLength
         for (index, device) in Self.devices.enumerated() {
             #expect(aml[offset] == 0x5B && aml[offset + 1] == 0x82)
             let (length, lengthBytes) = Self.packageLength(aml, at: offset + 2)

@@ -50,7 +50,7 @@ struct LinuxKernelImageTests {
                                "runs in the KVM box on this host (kvm_pvm emulates guest kernels)"),
        .serialized, .deadline(minutes: 30))
 struct LinuxGuestTests {
-    @Test(.disabled("issue 13, in progress: started by the test process in the KVM box, the guest's init prints nothing (the kernel's lines do, the vCPU idles); the same command from a shell there boots and serves"))
+    @Test
     func bootsAndServesAClientFromItsDisk() throws {
         let (kernel, initrd) = try LinuxGuest.files()
         let network = try TestNetwork()

@@ -1,9 +1,9 @@
 /// The ACPI tables a Linux guest finds its virtio-mmio devices in: an RSDP
 /// (revision 2), an XSDT, a hardware-reduced FADT (no PM timer, SCI or fixed
 /// events; no i8042 or VGA), a MADT (local APICs, the IOAPIC, LINT1 as NMI;
-/// ISA interrupts identity-mapped, as KVM routes them) and a DSDT with one
-/// `LNRO0005` device per virtio-mmio transport (its 4 KiB window and its
-/// interrupt, edge-triggered, active high).
+/// ISA interrupts identity-mapped, as KVM routes them) and a DSDT with COM1
+/// (`PNP0501`) and one `LNRO0005` device per virtio-mmio transport (its 4 KiB
+/// window and its interrupt, edge-triggered, active high).
 ///
 /// Debian's kernel is built without `VIRTIO_MMIO_CMDLINE_DEVICES`: its
 /// virtio_mmio driver ignores `virtio_mmio.device=` and binds only to devices
@@ -79,23 +79,47 @@ enum ACPITables {
         return body
     }
 
-    /// The DSDT's AML: `Scope (\_SB) { Device (VRnn) { _HID "LNRO0005", _UID nn,
+    /// The DSDT's AML: `Scope (\_SB) { Device (COM1) { _HID PNP0501, _UID 0,
+    /// _CRS { IO, IRQNoFlags } } Device (VRnn) { _HID "LNRO0005", _UID nn,
     /// _CRS { Memory32Fixed, Interrupt } } ... }`.
     static func differentiatedDefinitionBlock(_ devices: [VirtioDevice]) -> [UInt8] {
-        var scope: [UInt8] = [0x5C] + Array("_SB_".utf8)
+        var scope: [UInt8] = [0x5C] + Array("_SB_".utf8) + serialPortDevice
         for (index, device) in devices.enumerated() {
             let resources: [UInt8] =
                 [0x86, 0x09, 0x00, 0x01] + le(UInt32(truncatingIfNeeded: device.base)) + le(UInt32(truncatingIfNeeded: device.size))
                 + [0x89, 0x06, 0x00, 0x03, 0x01] + le(device.irq)                    // consumer, edge, active high, exclusive
-                + [0x79, 0x00]                                                       // end tag
-            let buffer: [UInt8] = [0x11] + packageLength([0x0A, UInt8(resources.count)] + resources)
-            var body: [UInt8] = Array("VR".utf8) + [0x30 + UInt8(index / 10 % 10), 0x30 + UInt8(index % 10)]
-            body += [0x08] + Array("_HID".utf8) + [0x0D] + Array("LNRO0005".utf8) + [0]
-            body += [0x08] + Array("_UID".utf8) + [0x0A, UInt8(index)]
-            body += [0x08] + Array("_CRS".utf8) + buffer
-            scope += [0x5B, 0x82] + packageLength(body)
+            scope += self.device(name: "VR\(index / 10 % 10)\(index % 10)", id: [0x0D] + Array("LNRO0005".utf8) + [0],
+                                 uid: UInt8(index), resources: resources)
         }
         return [0x10] + packageLength(scope)
+    }
+
+    /// COM1 (`PNP0501`): its eight ports from 0x3F8 and ISA IRQ 4, edge-triggered,
+    /// active high. A hardware-reduced FADT leaves Linux without a legacy PIC,
+    /// and so without the identity mapping of ISA interrupts to IOAPIC pins:
+    /// the 8250 driver's built-in COM1 entry requests an IRQ 4 that no pin
+    /// feeds, and the console's transmit interrupts never come (the kernel's
+    /// own messages, written by polling, still appear; everything user space
+    /// writes to the console stays in its tty). Declared here, the port is
+    /// taken over by 8250_pnp with IRQ 4 mapped to IOAPIC pin 4, where
+    /// `UART8250` raises it.
+    static var serialPortDevice: [UInt8] {
+        let base = UART8250.com1Base
+        let resources: [UInt8] = [0x47, 0x01] + le(base) + le(base) + [0x01, 0x08]     // IO (Decode16, base, base, 1, 8)
+            + [0x22] + le(UInt16(1) << UART8250.com1IRQ)                             // IRQNoFlags { 4 }
+        return device(name: "COM1", id: [0x0C, 0x41, 0xD0, 0x05, 0x01], uid: 0, resources: resources)   // EisaId ("PNP0501")
+    }
+
+    /// `Device (name) { Name (_HID, id), Name (_UID, uid), Name (_CRS, ResourceTemplate { resources }) }`,
+    /// `id` being an encoded AML constant.
+    static func device(name: String, id: [UInt8], uid: UInt8, resources: [UInt8]) -> [UInt8] {
+        let template = resources + [0x79, 0x00]                                      // end tag
+        let buffer: [UInt8] = [0x11] + packageLength([0x0A, UInt8(template.count)] + template)
+        var body: [UInt8] = Array(name.utf8)
+        body += [0x08] + Array("_HID".utf8) + id
+        body += [0x08] + Array("_UID".utf8) + [0x0A, uid]
+        body += [0x08] + Array("_CRS".utf8) + buffer
+        return [0x5B, 0x82] + packageLength(body)
     }
 
     /// `content` preceded by its AML PkgLength (which counts its own bytes).
