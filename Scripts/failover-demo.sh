@@ -8,11 +8,29 @@
 # (Scripts/kvm-box.sh), where everything is emulated and so much slower.
 #
 #   Scripts/failover-demo.sh [seconds-before-the-kill] [epoch]
+#   Scripts/failover-demo.sh --linux [seconds-before-the-kill] [epoch]
+#   Scripts/failover-demo.sh --kvstore [seconds-before-the-kill] [epoch]
+#
+# With --linux the guest is Debian's own kernel running the journalling
+# kvstore (Scripts/linux-guest.sh) with a virtio-net card on a bridge and a
+# virtio-blk disk on each host; a client on this host holds one TCP connection
+# to it and writes a key every 0.2 s, through the kill and after it, then reads
+# every key back, and the run's figures (boot, checkpoint rate and pause,
+# failover as the client saw it) are printed. A Linux guest needs a KVM that
+# runs guest kernel code: on a kvm_pvm host (or none) it runs inside the KVM
+# box. --kvstore does the same with MicroVM's own kvstore guest (to compare).
+# Both need root (taps, a bridge).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="/opt/swift/usr/bin:$PATH"
+GUEST_KIND=workload
+case "${1:-}" in
+    --linux) GUEST_KIND=linux; shift ;;
+    --kvstore) GUEST_KIND=cpl3; shift ;;
+esac
 RUN_SECONDS=${1:-4}
 EPOCH=${2:-5ms}
+[ "$GUEST_KIND" != workload ] && EPOCH=${2:-10ms}
 PORT=${UNDERSTUDY_DEMO_PORT:-7700}
 
 fail() { echo "== demo failed: $*" >&2; exit 1; }
@@ -24,11 +42,24 @@ if [ -z "${UNDERSTUDY_IN_BOX:-}" ]; then
     swift build -c release --product understudy-primary >"$build_log" 2>&1 \
         && swift build -c release --product understudy-standby >>"$build_log" 2>&1 \
         || { cat "$build_log" >&2; fail "the build failed (output above)"; }
-    if ! kvm_opens || [ "${UNDERSTUDY_DEMO_IN_BOX:-0}" = 1 ]; then
-        if kvm_opens; then why="UNDERSTUDY_DEMO_IN_BOX=1"; else why="/dev/kvm does not open on this host"; fi
+    GUEST_FLAG=()
+    if [ "$GUEST_KIND" = linux ]; then
+        echo "== building the Linux guest (Scripts/linux-guest.sh: Debian's kernel, busybox, the kvstore; cached)"
+        Scripts/linux-guest.sh >/dev/null
+        GUEST_FLAG=(--linux)
+    elif [ "$GUEST_KIND" = cpl3 ]; then
+        echo "== building the C guests (Scripts/build-guests.sh)"
+        Scripts/build-guests.sh | tail -n 1
+        GUEST_FLAG=(--kvstore)
+    fi
+    why=""
+    if ! kvm_opens; then why="/dev/kvm does not open on this host"
+    elif [ "$GUEST_KIND" = linux ] && [ -d /sys/module/kvm_pvm ]; then why="this host's KVM (kvm_pvm) emulates guest kernel code"
+    elif [ "${UNDERSTUDY_DEMO_IN_BOX:-0}" = 1 ]; then why="UNDERSTUDY_DEMO_IN_BOX=1"; fi
+    if [ -n "$why" ]; then
         echo "== $why: running the demo inside the KVM box (emulated, slow; Docs/Testing.md)"
         # The guest runs ~10x slower there: give it longer before the kill.
-        exec Scripts/kvm-box.sh -- Scripts/failover-demo.sh "$((RUN_SECONDS * 5))" "$EPOCH"
+        exec Scripts/kvm-box.sh -- Scripts/failover-demo.sh "${GUEST_FLAG[@]}" "$((RUN_SECONDS * 5))" "$EPOCH"
     fi
 fi
 BIN=$(swift build -c release --show-bin-path)
@@ -51,6 +82,8 @@ wait_for() {   # wait_for LOG PATTERN SECONDS PID NAME
     echo "== no \"$2\" from the $5 after $3 s; its log:" >&2; sed 's/^/   /' "$1" >&2
     fail "the $5 did not get going"
 }
+
+[ "$GUEST_KIND" != workload ] && { source Scripts/lib/kvstore-demo.sh; exit 0; }
 
 echo "== starting the standby on 127.0.0.1:$PORT (logs: $LOGS/standby.log)"
 "$BIN/understudy-standby" --listen "127.0.0.1:$PORT" "${HEARTBEAT[@]}" 2>"$LOGS/standby.log" > >(sed -u 's/^/[standby] /') &

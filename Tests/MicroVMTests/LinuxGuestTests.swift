@@ -80,6 +80,6 @@ struct LinuxGuestTests {
         #expect(try LinuxGuest.journal(path: disk) == [("greeting", "hello"), ("n", "1")].map(LinuxGuest.Record.init))
         let ticks = guest.standardOutput.lines.filter { $0.hasPrefix("understudy-linux: tick") }.count
         #expect(eventually(timeout: 10) { guest.standardOutput.lines.filter { $0.hasPrefix("understudy-linux: tick") }.count > ticks + 1 },
-                "the guest keeps running")
+                "the guest keeps running; console:\n\(guest.standardOutput.text.suffix(3000))\n\(guest.standardError.text.suffix(2000))")
     }
 }

@@ -8,9 +8,11 @@ public final class OutputCollector: Sendable {
     public func append(_ data: Data) { bytes.withLock { $0 += data } }
     public var data: [UInt8] { bytes.withLock { $0 } }
     public var text: String { String(decoding: data, as: UTF8.self) }
-    /// Complete lines so far.
+    /// Complete lines so far, without their line ending. (A Linux guest's tty
+    /// ends them with "\r\n", which is one Character: splitting at "\n"
+    /// would not split there.)
     public var lines: [String] {
-        var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        var lines = text.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).map(String.init)
         lines.removeLast()
         return lines
     }
