@@ -8,12 +8,14 @@ let package = Package(
         .library(name: "KVM", targets: ["KVM"]),
         .library(name: "MicroVM", targets: ["MicroVM"]),
         .library(name: "Understudy", targets: ["Understudy"]),
+        .library(name: "UnderstudyEtcd", targets: ["UnderstudyEtcd"]),
         .executable(name: "understudy-primary", targets: ["understudy-primary"]),
         .executable(name: "understudy-standby", targets: ["understudy-standby"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
         .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.1", traits: ["MallocInterposer"]),
     ],
     targets: [
@@ -27,6 +29,9 @@ let package = Package(
 
         // The fault-tolerance engine.
         .target(name: "Understudy", dependencies: ["KVM", "CLZ4", "CZstd", .product(name: "Logging", package: "swift-log")]),
+
+        // The arbiter in etcd (fencing): its v3 JSON gateway over async-http-client.
+        .target(name: "UnderstudyEtcd", dependencies: ["Understudy", .product(name: "AsyncHTTPClient", package: "async-http-client")]),
 
         // The reference VMM.
         .target(name: "MicroVM", dependencies: ["KVM", "Understudy", .product(name: "Logging", package: "swift-log")]),
@@ -56,6 +61,7 @@ let package = Package(
         .testTarget(name: "MicroVMTests", dependencies: ["MicroVM", "KVM", "TestGuests"]),
         .testTarget(name: "UnderstudyTests", dependencies: ["Understudy", "MicroVM", "KVM", "TestGuests"]),
         .testTarget(name: "CompressionLinkTests", dependencies: ["CLZ4", "CZstd"]),
+        .testTarget(name: "UnderstudyEtcdTests", dependencies: ["UnderstudyEtcd", "Understudy", "TestGuests"]),
 
         .executableTarget(
             name: "KVMBenchmarks",

@@ -25,8 +25,10 @@ public final class ChildProcess: @unchecked Sendable {
     public let standardOutput = OutputCollector()
     public let standardError = OutputCollector()
 
-    /// The built executable `name` next to the test bundle.
+    /// The built executable `name` next to the test bundle (or `name` itself,
+    /// when it is an absolute path, for a system program).
     public static func executable(_ name: String) -> String? {
+        if name.hasPrefix("/") { return FileManager.default.isExecutableFile(atPath: name) ? name : nil }
         var directory = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
         for _ in 0..<5 {
             let candidate = directory.appendingPathComponent(name).path

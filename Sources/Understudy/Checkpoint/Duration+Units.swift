@@ -2,7 +2,7 @@
 /// lines, histograms): one place, so every figure rounds the same way.
 extension Duration {
     /// Whole milliseconds, rounded down.
-    var milliseconds: Int {
+    public var milliseconds: Int {
         let (seconds, attoseconds) = components
         return Int(seconds) * 1000 + Int(attoseconds / 1_000_000_000_000_000)
     }
