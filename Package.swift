@@ -39,7 +39,7 @@ let package = Package(
         .executableTarget(
             name: "understudy-primary",
             dependencies: [
-                "MicroVM", "Understudy",
+                "MicroVM", "Understudy", "UnderstudyEtcd",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -47,7 +47,7 @@ let package = Package(
         .executableTarget(
             name: "understudy-standby",
             dependencies: [
-                "MicroVM", "Understudy",
+                "MicroVM", "Understudy", "UnderstudyEtcd",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -55,11 +55,11 @@ let package = Package(
 
         // Tiny guest programs (machine code) and the long-mode setup they need,
         // shared by the tests and the benchmarks.
-        .target(name: "TestGuests", dependencies: ["KVM", "CKVM", "MicroVM"], path: "Tests/TestGuests"),
+        .target(name: "TestGuests", dependencies: ["KVM", "CKVM", "MicroVM", "UnderstudyEtcd"], path: "Tests/TestGuests"),
 
         .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM", "TestGuests"]),
         .testTarget(name: "MicroVMTests", dependencies: ["MicroVM", "KVM", "TestGuests"]),
-        .testTarget(name: "UnderstudyTests", dependencies: ["Understudy", "MicroVM", "KVM", "TestGuests"]),
+        .testTarget(name: "UnderstudyTests", dependencies: ["Understudy", "UnderstudyEtcd", "MicroVM", "KVM", "TestGuests"]),
         .testTarget(name: "CompressionLinkTests", dependencies: ["CLZ4", "CZstd"]),
         .testTarget(name: "UnderstudyEtcdTests", dependencies: ["UnderstudyEtcd", "Understudy", "TestGuests"]),
 

@@ -94,16 +94,23 @@ public enum ConsoleRunner {
         } else {
             primary = nil
         }
+        // With an arbiter, output leaves only while this copy's grant is
+        // certainly valid; a copy that was taken over from stops its guest.
+        let fence = primary?.configuration.fence
+        fence?.start(gating: output) { [weak machine] _ in machine?.requestStop() }
         // A signal ends replication in order first (the standby is told goodbye and
         // does not take over), then stops the machine.
-        return try runToEnd(machine, logger: logger, onSignal: {
+        let status = try runToEnd(machine, logger: logger, onSignal: {
             primary?.stop(reason: "the primary was told to stop")
             if let saveOnStop { save(machine, to: saveOnStop, logger: logger) }
         }) { () throws(MachineError) in
             do { try primary?.start() } catch { throw .invalidConfiguration("\(error)") }
         } stopping: { reason in
             primary?.end(after: reason)
+            // The key goes (the standby may take over at once) unless another copy already has it.
+            fence?.stop(release: true)
         }
+        return fence?.isSuperseded == true ? 1 : status
     }
 
     /// Pauses `machine` and writes its snapshot to `path`, saying how it went.

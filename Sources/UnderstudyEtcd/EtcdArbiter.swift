@@ -39,12 +39,26 @@ public final class EtcdArbiter: Arbiter {
         self.safetyMargin = safetyMargin
     }
 
+    /// What the executables' `--arbiter URL --guest-name NAME --lease-time T`
+    /// make: the members in `url` (`etcd://HOST:PORT[,HOST:PORT...]`), a safety
+    /// margin of a fifth of the lease.
+    public convenience init(url: String, guest: String, leaseTime: Duration) throws(ArbiterError) {
+        try self.init(gateway: EtcdGateway(endpoints: try EtcdGateway.endpoints(from: url)), guest: guest,
+                      leaseTime: leaseTime, safetyMargin: leaseTime / 5)
+    }
+
+    /// A holder's name for this process: host and process id.
+    public static var processName: String { "\(ProcessInfo.processInfo.hostName) pid \(ProcessInfo.processInfo.processIdentifier)" }
+
     var holderKey: String { "understudy/\(guest)/holder" }
     var generationKey: String { "understudy/\(guest)/generation" }
 
-    public func acquire(holder name: String) throws(ArbiterError) -> ArbiterGrant {
+    public func acquire(holder name: String, after expected: UInt64? = nil) throws(ArbiterError) -> ArbiterGrant {
         for _ in 0..<8 {
             let (current, generation, generationRevision) = try read()
+            if let expected, generation != expected {
+                throw generation > expected ? .superseded(by: generation) : .malformed("generation \(generation) below \(expected)")
+            }
             if let current { throw .held(by: current) }
             let holder = ArbiterHolder(name: name, generation: generation + 1)
             let (lease, validUntil) = try grantLease()
@@ -79,6 +93,26 @@ public final class EtcdArbiter: Arbiter {
             throw .held(by: now ?? grant.holder)
         }
         return ArbiterGrant(holder: grant.holder, lease: lease, validUntil: validUntil)
+    }
+
+    public func advance(_ grant: ArbiterGrant) throws(ArbiterError) -> ArbiterGrant {
+        let sent = ContinuousClock.now
+        let holder = ArbiterHolder(name: grant.holder.name, generation: grant.generation + 1)
+        let stillOurs: [[String: Any]] = [
+            ["key": EtcdGateway.encode(holderKey), "target": "VALUE", "result": "EQUAL", "value": EtcdGateway.encode("\(grant.generation) \(grant.holder.name)")],
+            ["key": EtcdGateway.encode(holderKey), "target": "LEASE", "result": "EQUAL", "lease": String(grant.lease)],
+            ["key": EtcdGateway.encode(generationKey), "target": "VALUE", "result": "EQUAL", "value": EtcdGateway.encode(String(grant.generation))],
+        ]
+        let answer = try gateway.call("kv/txn", ["compare": stillOurs, "success": [
+            ["request_put": ["key": EtcdGateway.encode(holderKey), "value": EtcdGateway.encode("\(holder.generation) \(holder.name)"), "lease": String(grant.lease)]],
+            ["request_put": ["key": EtcdGateway.encode(generationKey), "value": EtcdGateway.encode(String(holder.generation))]],
+        ]])
+        guard (answer["succeeded"] as? Bool) ?? false else {
+            let (_, highest, _) = try read()
+            throw highest > grant.generation ? .superseded(by: highest) : .lost("the key is no longer held by generation \(grant.generation)")
+        }
+        // The lease was not renewed: the validity stays the grant's (but never later than now + lease).
+        return ArbiterGrant(holder: holder, lease: grant.lease, validUntil: min(grant.validUntil, sent + leaseTime - safetyMargin))
     }
 
     public func renew(_ grant: ArbiterGrant) throws(ArbiterError) -> ContinuousClock.Instant {

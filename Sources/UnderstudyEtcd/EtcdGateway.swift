@@ -73,6 +73,13 @@ public final class EtcdGateway: Sendable {
         return String(decoding: data, as: UTF8.self)
     }
 
+    /// An unsigned 64-bit field (member ids); absent is 0.
+    public static func unsigned(_ field: Any?) throws(ArbiterError) -> UInt64 {
+        guard let field else { return 0 }
+        guard let string = field as? String, let value = UInt64(string) else { throw .malformed("\(field) is not an unsigned integer") }
+        return value
+    }
+
     /// A 64-bit integer field (the gateway writes them as strings); absent is 0 (proto3).
     public static func integer(_ field: Any?) throws(ArbiterError) -> Int64 {
         switch field {

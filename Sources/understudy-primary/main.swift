@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import MicroVM
 import Understudy
+import UnderstudyEtcd
 
 /// The primary host's command: runs a guest, protected by a standby or
 /// unprotected. Argument parsing only; MicroVM and Understudy do the work.
@@ -81,6 +82,15 @@ struct UnderstudyPrimary: ParsableCommand {
     @Option(help: "Resume a machine snapshot file instead of booting.")
     var restore: String?
 
+    @Option(help: "Fencing: the arbiter that decides which copy of the guest may speak, etcd://HOST:PORT[,HOST:PORT...]; give the standby the same.")
+    var arbiter: String?
+
+    @Option(help: "With --arbiter: the guest's name there (the same on the standby).")
+    var guestName: String?
+
+    @Option(help: "With --arbiter: the lease's time to live (at least 2s). Output stops within it when this host loses the arbiter; a takeover after a silent failure waits for it.")
+    var leaseTime = "5s"
+
     @Flag(help: "Log debug detail.")
     var verbose = false
 
@@ -105,6 +115,11 @@ struct UnderstudyPrimary: ParsableCommand {
         guard saveOnStop == nil || unprotected else { throw ValidationError("--save-on-stop is for --unprotected runs (a protected guest's copy is its standby)") }
         guard kernel != nil || initrd == nil else { throw ValidationError("--initrd goes with --kernel") }
         guard MACAddress.parse(mac) != nil else { throw ValidationError("cannot read MAC address '\(mac)'") }
+        if arbiter != nil {
+            guard standby != nil else { throw ValidationError("--arbiter fences a protected guest: give --standby too") }
+            guard guestName != nil else { throw ValidationError("--arbiter needs --guest-name (the same on the standby)") }
+            guard let lease = DurationText.parse(leaseTime), lease >= .seconds(2) else { throw ValidationError("--lease-time must be at least 2s, not '\(leaseTime)'") }
+        }
         guard let budget = MemorySize.parse(diskBudget), (1 << 20...UInt64(DiskWriteLog.maximumEpochBudget)).contains(budget) else {
             throw ValidationError("--disk-budget must be 1M to \(DiskWriteLog.maximumEpochBudget >> 20)M, not '\(diskBudget)'")
         }
@@ -152,6 +167,18 @@ struct UnderstudyPrimary: ParsableCommand {
                                                    heartbeatTimeout: DurationText.parse(heartbeatTimeout) ?? StandbyConfiguration.defaultHeartbeatTimeout)
             replication.statusInterval = DurationText.parse(statusInterval)
             replication.diskEpochBudget = Int(MemorySize.parse(diskBudget) ?? 0)
+            if let arbiter, let guestName {
+                // The guest's key first: a copy that cannot get it must not run the guest.
+                do {
+                    let etcd = try EtcdArbiter(url: arbiter, guest: guestName, leaseTime: DurationText.parse(leaseTime) ?? .seconds(5))
+                    replication.fence = try Fence.acquire(etcd, holder: EtcdArbiter.processName, logger: logger)
+                } catch {
+                    logger.critical("not starting the guest: \(error)")
+                    throw ExitCode(1)
+                }
+            } else {
+                logger.warning("no fencing (no --arbiter): a network partition can leave two active copies")
+            }
             protection = .standby(replication)
         } else {
             logger.warning("running unprotected (--unprotected): a failure of this host loses the guest")

@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import MicroVM
 import Understudy
+import UnderstudyEtcd
 
 /// The standby host's command: holds a replica of the primary's guest and takes
 /// it over when the primary is lost. Argument parsing only.
@@ -32,6 +33,15 @@ struct UnderstudyStandby: ParsableCommand {
     @Option(help: "Declare the primary lost after this long without a frame from it.")
     var heartbeatTimeout = "200ms"
 
+    @Option(help: "Fencing: take over only after winning the guest's key in this arbiter, etcd://HOST:PORT[,HOST:PORT...] (the primary's).")
+    var arbiter: String?
+
+    @Option(help: "With --arbiter: the guest's name there (the primary's --guest-name).")
+    var guestName: String?
+
+    @Option(help: "With --arbiter: the lease's time to live after a takeover (at least 2s).")
+    var leaseTime = "5s"
+
     @Flag(help: "Log debug detail.")
     var verbose = false
 
@@ -41,15 +51,30 @@ struct UnderstudyStandby: ParsableCommand {
             throw ValidationError("cannot read heartbeat timeout '\(heartbeatTimeout)' (at least 20ms)")
         }
         if let disk, !FileManager.default.fileExists(atPath: disk) { throw ValidationError("no disk image at \(disk)") }
+        if arbiter != nil {
+            guard guestName != nil else { throw ValidationError("--arbiter needs --guest-name (the primary's)") }
+            guard let lease = DurationText.parse(leaseTime), lease >= .seconds(2) else { throw ValidationError("--lease-time must be at least 2s, not '\(leaseTime)'") }
+        }
     }
 
     func run() throws {
         LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
         var logger = Logger(label: "understudy-standby")
         logger.logLevel = verbose ? .debug : .info
-        let options = StandbyRunner.Options(listen: (try? SocketAddress(parsing: listen, listening: true)) ?? SocketAddress(host: "127.0.0.1", port: 7700),
+        var options = StandbyRunner.Options(listen: (try? SocketAddress(parsing: listen, listening: true)) ?? SocketAddress(host: "127.0.0.1", port: 7700),
                                             heartbeatTimeout: DurationText.parse(heartbeatTimeout) ?? StandbyConfiguration.defaultHeartbeatTimeout,
                                             tap: tap, disk: disk.map { DiskConfiguration(path: $0) })
+        if let arbiter, let guestName {
+            do {
+                let etcd = try EtcdArbiter(url: arbiter, guest: guestName, leaseTime: DurationText.parse(leaseTime) ?? .seconds(5))
+                options.fencing = StandbyFencing(arbiter: etcd, holder: EtcdArbiter.processName)
+            } catch {
+                logger.error("\(error)")
+                throw ExitCode(1)
+            }
+        } else {
+            logger.warning("no fencing (no --arbiter): a network partition can leave two active copies")
+        }
         do {
             let receiver = try StandbyRunner.receiver(options, logger: logger)
             throw ExitCode(try StandbyRunner.run(options, receiver: receiver, logger: logger))

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import UnderstudyEtcd
 
 /// Real etcd members (Debian's `etcd-server`) on loopback, each with its own
 /// data directory and ports, started by a test and killed when it is dropped.
@@ -51,6 +52,15 @@ public final class EtcdCluster: @unchecked Sendable {
             "--listen-peer-urls", "http://127.0.0.1:\(member.peerPort)", "--initial-advertise-peer-urls", "http://127.0.0.1:\(member.peerPort)",
             "--initial-cluster", cluster, "--initial-cluster-state", "new", "--initial-cluster-token", directory.lastPathComponent,
         ])
+    }
+
+    /// The index of the member that leads now (each member's status names the leader).
+    public func leader() throws -> Int {
+        for (index, member) in members.enumerated() where member.process?.process.isRunning == true {
+            let status = try EtcdGateway(endpoints: [member.endpoint]).call("maintenance/status", [:])
+            if try EtcdGateway.unsigned(status["leader"]) == EtcdGateway.unsigned((status["header"] as? [String: Any])?["member_id"]) { return index }
+        }
+        throw CocoaError(.featureUnsupported, userInfo: [NSLocalizedDescriptionKey: "no etcd member says it leads"])
     }
 
     /// SIGKILL to member `index`.

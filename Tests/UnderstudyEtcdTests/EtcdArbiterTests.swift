@@ -47,8 +47,8 @@ struct EtcdArbiterTests {
             attempts += 1
             do {
                 taken = try b.acquire(holder: "host-b")
-            } catch let error as ArbiterError {
-                #expect(error == .held(by: grant.holder))
+            } catch {
+                #expect(error as? ArbiterError == .held(by: grant.holder))
                 Thread.sleep(forTimeInterval: 0.05)
             }
         }
@@ -92,16 +92,6 @@ struct EtcdArbiterTests {
         #expect(throws: ArbiterError.held(by: grant.holder)) { try b.acquire(holder: "host-b") }
     }
 
-    /// The index of the cluster's leader (each member's status names it).
-    static func leader(of cluster: EtcdCluster) throws -> Int {
-        for (index, member) in cluster.members.enumerated() {
-            let status = try EtcdGateway(endpoints: [member.endpoint]).call("maintenance/status", [:])
-            let header = status["header"] as? [String: Any]
-            if try EtcdGateway.integer(status["leader"]) == EtcdGateway.integer(header?["member_id"]) { return index }
-        }
-        throw ArbiterError.malformed("no member says it leads")
-    }
-
     /// Three members; the leader is killed: renewals go on through the
     /// others, with at most an election's worth of failed attempts, before
     /// the grant's validity runs out.
@@ -109,14 +99,14 @@ struct EtcdArbiterTests {
         let cluster = try EtcdCluster(size: 3)
         let a = try Self.arbiter(cluster, lease: .seconds(5))
         var grant = try a.acquire(holder: "host-a")
-        cluster.kill(try Self.leader(of: cluster))
+        cluster.kill(try cluster.leader())
         var renewed = 0, failed = 0
         while renewed < 5 {
             do {
                 grant.validUntil = try a.renew(grant)
                 renewed += 1
-            } catch let error as ArbiterError {
-                guard case .unreachable = error else { throw error }
+            } catch {
+                guard case .unreachable? = error as? ArbiterError else { throw error }
                 failed += 1                 // no leader yet: an election is under way
             }
             #expect(ContinuousClock.now < grant.validUntil, "the grant ran out while etcd elected a leader")

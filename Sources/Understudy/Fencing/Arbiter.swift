@@ -10,7 +10,11 @@
 /// - a copy acquires the key only when nobody holds it (the previous holder's
 ///   lease expired or was revoked), and every acquisition raises the
 ///   generation; a copy that lost its lease may take the key back only with
-///   its own generation, so only if nobody acquired it in between.
+///   its own generation, so only if nobody acquired it in between;
+/// - a standby takes over only with the generation its replica was made under
+///   (`acquire(holder:after:)`), and a primary that runs on without its
+///   standby first raises the generation (`advance`): a replica the world has
+///   moved past is never taken over from.
 ///
 /// Calls block (at most the arbiter's request timeout per service member
 /// tried); they are made from the caller's own threads, never the vCPUs'.
@@ -20,7 +24,15 @@ public protocol Arbiter: Sendable {
 
     /// Takes the guest's key for `holder` if nobody holds it, one generation
     /// above the highest granted so far. Throws `.held` when someone does.
-    func acquire(holder: String) throws(ArbiterError) -> ArbiterGrant
+    /// With `after`, only if the highest generation is still that one (a
+    /// standby whose replica was made under it); `.superseded` otherwise.
+    func acquire(holder: String, after generation: UInt64?) throws(ArbiterError) -> ArbiterGrant
+
+    /// Raises the generation of a key this copy holds, keeping its lease: a
+    /// primary about to run on without its standby makes that standby's
+    /// replica (made under the old generation) no takeover point. Throws
+    /// `.lost` or `.superseded` when the key is no longer this grant's.
+    func advance(_ grant: ArbiterGrant) throws(ArbiterError) -> ArbiterGrant
 
     /// Takes the key back after `grant`'s lease was lost, with the same
     /// generation: only if nobody holds it and nobody acquired it since.
@@ -36,6 +48,11 @@ public protocol Arbiter: Sendable {
 
     /// The key's holder now, nil when nobody holds it; and the highest generation granted.
     func holder() throws(ArbiterError) -> (holder: ArbiterHolder?, generation: UInt64)
+}
+
+extension Arbiter {
+    /// `acquire(holder:after:)` whatever the generation.
+    public func acquire(holder: String) throws(ArbiterError) -> ArbiterGrant { try acquire(holder: holder, after: nil) }
 }
 
 /// A holder of a guest's key.

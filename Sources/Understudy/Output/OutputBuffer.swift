@@ -48,6 +48,19 @@ public final class OutputBuffer: @unchecked Sendable {
     private var openEpoch: [UInt8] = []
     private var droppedCount = 0
     private var longestHeld: Duration = .zero
+    /// The newest acknowledged epoch (protected mode).
+    private var committed: UInt64?
+    private var gate: (@Sendable () -> Bool)?
+
+    /// Whether this copy may release output now: set by fencing (`Fence`:
+    /// its arbiter grant is certainly valid), nil when there is no arbiter.
+    /// While it says no, nothing leaves: acknowledged output stays held, in
+    /// order, and so does output in pass-through mode, until `flush()` finds
+    /// the gate open again (or `seal()` discards it).
+    public var releaseGate: (@Sendable () -> Bool)? {
+        get { lock.withLock { gate } }
+        set { lock.withLock { gate = newValue } }
+    }
     /// Frames dropped because the buffer was full.
     public var dropped: Int { lock.withLock { droppedCount } }
     /// Console bytes dropped because the buffer was full.
@@ -81,11 +94,12 @@ public final class OutputBuffer: @unchecked Sendable {
             lock.unlock()
             return
         }
-        guard protected else {
+        if !protected, held.isEmpty, gate?() ?? true {
             lock.unlock()
             releasing.withLock { release(kind, Array(bytes)) }
             return
         }
+        // Protected, or pass-through behind a closed gate: held (bounded).
         defer { lock.unlock() }
         switch kind {
         case .network:
@@ -134,11 +148,32 @@ public final class OutputBuffer: @unchecked Sendable {
 
     /// Checkpoint `sequence` is committed: releases everything of epochs up to it, in order.
     public func commit(upTo sequence: UInt64) {
-        releasing.lock()
-        defer { releasing.unlock() }
+        releasing.withLock {
+            lock.withLock { if protected, committed.map({ $0 < sequence }) ?? true { committed = sequence } }
+            releaseDue()
+        }
+    }
+
+    /// Releases what is due if the gate is open now (called by fencing when
+    /// its grant is valid again). Returns the number of items released.
+    @discardableResult
+    public func flush() -> Int {
+        releasing.withLock { releaseDue() }
+    }
+
+    /// Releases, in order, the held items that may go (acknowledged epochs when
+    /// protected, everything in pass-through mode), unless the gate is closed.
+    /// Call with `releasing` held.
+    @discardableResult
+    private func releaseDue() -> Int {
         lock.lock()
+        guard !sealed, gate?() ?? true else {
+            lock.unlock()
+            return 0
+        }
+        let limit: UInt64? = protected ? committed : .max
         var count = 0
-        while count < held.count && held[count].epoch <= sequence { count += 1 }
+        if let limit { while count < held.count && held[count].epoch <= limit { count += 1 } }
         let out = held.prefix(count)
         held.removeFirst(count)
         let now = ContinuousClock.now
@@ -146,9 +181,11 @@ public final class OutputBuffer: @unchecked Sendable {
             forget(item.record)
             longestHeld = max(longestHeld, now - item.since)
         }
+        let mark = protected ? committed : nil
         lock.unlock()
         for item in out { release(item.record.kind, item.record.bytes) }
-        lock.withLock { if protected, released.map({ $0 < sequence }) ?? true { released = sequence } }
+        if let mark { lock.withLock { if protected, released.map({ $0 < mark }) ?? true { released = mark } } }
+        return out.count
     }
 
     /// Accounts for a record that left the buffer (lock held).
@@ -170,6 +207,7 @@ public final class OutputBuffer: @unchecked Sendable {
             protected = true
             currentEpoch = 0
             released = nil
+            committed = nil
             openEpoch.removeAll()
             for index in held.indices {
                 held[index].epoch = 0
@@ -179,26 +217,21 @@ public final class OutputBuffer: @unchecked Sendable {
     }
 
     /// No standby any more: releases everything held, in order, and lets later
-    /// output through at once. Returns the number of items released.
+    /// output through at once (both only while the gate is open). Returns the
+    /// number of items released.
     @discardableResult
     public func passThrough() -> Int {
-        releasing.lock()
-        defer { releasing.unlock() }
-        lock.lock()
-        guard !sealed else {
-            lock.unlock()
-            return 0
+        releasing.withLock {
+            let open = lock.withLock {
+                guard !sealed else { return false }
+                protected = false
+                released = nil
+                committed = nil
+                openEpoch.removeAll()
+                return true
+            }
+            return open ? releaseDue() : 0
         }
-        protected = false
-        let out = held
-        held.removeAll()
-        heldBytes = 0
-        heldConsoleBytes = 0
-        released = nil
-        openEpoch.removeAll()
-        lock.unlock()
-        for item in out { release(item.record.kind, item.record.bytes) }
-        return out.count
     }
 
     /// This host will never release the guest's output again (replication was

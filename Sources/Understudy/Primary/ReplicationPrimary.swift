@@ -24,6 +24,10 @@ public struct PrimaryConfiguration: Sendable {
     public var diskEpochBudget = DiskWriteLog.defaultEpochBudget
     /// What a standby needs to run the guest (the VMM fills it in; the hello carries it).
     public var platform = Hello.Platform()
+    /// The guest's hold on its key in the arbiter, when one is configured
+    /// (its status goes into every status line); nil: no fencing, and every
+    /// status line says what that risks.
+    public var fence: Fence?
 
     public init(standby: SocketAddress, engine: EngineConfiguration = EngineConfiguration(),
                 heartbeatTimeout: Duration = StandbyConfiguration.defaultHeartbeatTimeout,
@@ -202,8 +206,7 @@ public final class ReplicationPrimary: @unchecked Sendable {
                 if !holding {
                     if resyncing { configuration.disk?.stopRecording() }
                     resyncing = false
-                    output.passThrough()
-                    setStatus(.unprotected)
+                    runOnWithoutStandby()
                 }
                 let retry = holding && resyncing ? Self.resyncRetryInterval : configuration.reconnectInterval
                 _ = wake.wait(timeout: .now() + .milliseconds(retry.milliseconds))
@@ -234,6 +237,17 @@ public final class ReplicationPrimary: @unchecked Sendable {
             output.passThrough()
             setStatus(.stopped)
         }
+    }
+
+    /// No standby: releases the held output and lets new output through. With
+    /// fencing, only once the generation was raised, so that the lost
+    /// standby's replica (which the world is about to move past) can never be
+    /// taken over from; until then output stays held (tried again at each
+    /// reconnect attempt).
+    private func runOnWithoutStandby() {
+        if status != .unprotected, let fence = configuration.fence, !fence.advance() { return }
+        output.passThrough()
+        setStatus(.unprotected)
     }
 
     /// Between reconnect attempts after a resync (the standby is expected back at once).
@@ -503,8 +517,7 @@ public final class ReplicationPrimary: @unchecked Sendable {
             configuration.disk?.stopRecording()
             heartbeats.stop()
             logger.error("standby lost: \(reason)")
-            output.passThrough()
-            setStatus(.unprotected)
+            runOnWithoutStandby()
         } else {
             // Orderly stop: deliver what was captured and wait for its acknowledgement,
             // so the standby holds the last state before it is told goodbye. A dead
