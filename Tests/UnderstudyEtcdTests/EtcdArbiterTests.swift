@@ -10,10 +10,11 @@ import UnderstudyEtcd
 /// nobody took over meanwhile.
 @Suite("Arbiter in etcd", .serialized, .deadline(minutes: 10))
 struct EtcdArbiterTests {
+    /// Lease and margin are scaled where KVM (and so this host) is slower: the box.
     static func arbiter(_ cluster: EtcdCluster, guest: String = "g1", lease: Duration = .seconds(2),
                         margin: Duration = .milliseconds(500)) throws -> EtcdArbiter {
         try EtcdArbiter(gateway: EtcdGateway(endpoints: try EtcdGateway.endpoints(from: cluster.url)), guest: guest,
-                        leaseTime: lease, safetyMargin: margin)
+                        leaseTime: TestHost.scaled(lease), safetyMargin: TestHost.scaled(margin))
     }
 
     @Test func theKeyIsExclusiveAndGenerationsOnlyGrow() throws {

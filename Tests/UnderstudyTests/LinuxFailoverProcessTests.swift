@@ -40,7 +40,7 @@ struct LinuxFailoverProcessTests {
         let first = try ChildProcess("understudy-primary", [
             "--unprotected", "--kernel", kernel, "--initrd", initrd, "--append", Self.commandLine,
             "--tap", tap, "--disk", disk, "--memory", "256M", "--save-on-stop", snapshot])
-        #expect(eventually(timeout: 180) { first.standardOutput.text.contains("kvstore: listening") || !first.process.isRunning },
+        #expect(eventually(timeout: 60) { first.standardOutput.text.contains("kvstore: listening") || !first.process.isRunning },
                 "first: \(first.standardError.text.suffix(3000)) \(first.standardOutput.text.suffix(3000))")
         let socket = try NamespaceSocket.connect(namespacePath: network.namespacePath, host: "10.77.0.2", port: 7000,
                                                  timeout: Int(TestHost.seconds(30)))
@@ -81,7 +81,7 @@ struct LinuxFailoverProcessTests {
             "--append", Self.commandLine,
             "--tap", primaryTap, "--disk", primaryDisk, "--memory", "256M", "--epoch", "10ms", "--heartbeat-timeout", "2s",
             "--status-interval", "5s"])
-        #expect(eventually(timeout: 180) {
+        #expect(eventually(timeout: 60) {
             (primary.standardError.text.contains("protected by the standby") && primary.standardOutput.text.contains("kvstore: listening"))
                 || !primary.process.isRunning
         }, "primary: \(primary.standardError.text.suffix(3000)) \(primary.standardOutput.text.suffix(3000))")

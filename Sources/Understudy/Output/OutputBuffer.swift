@@ -182,6 +182,7 @@ public final class OutputBuffer: @unchecked Sendable {
             longestHeld = max(longestHeld, now - item.since)
         }
         let mark = protected ? committed : nil
+        if !protected { openEpoch.removeAll(keepingCapacity: true) }     // no checkpoint carries pass-through output
         lock.unlock()
         for item in out { release(item.record.kind, item.record.bytes) }
         if let mark { lock.withLock { if protected, released.map({ $0 < mark }) ?? true { released = mark } } }

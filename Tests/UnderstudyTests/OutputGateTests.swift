@@ -1,0 +1,76 @@
+import Synchronization
+import Testing
+@testable import Understudy
+
+/// The output buffer's release gate (fencing): while it is shut nothing
+/// leaves, acknowledged or not, protected or passing through; once it opens,
+/// `flush()` releases what was due, in order; `seal()` discards it.
+@Suite("Output release gate")
+struct OutputGateTests {
+    final class World: Sendable {
+        let items = Mutex<[String]>([])
+        var seen: [String] { items.withLock { $0 } }
+    }
+
+    static func console(_ text: String, into output: OutputBuffer) {
+        Array(text.utf8).withUnsafeBytes { output.hold(.console, $0) }
+    }
+
+    @Test func aShutGateHoldsAcknowledgedOutputUntilItOpens() {
+        let world = World()
+        let open = Atomic<Bool>(true)
+        let output = OutputBuffer { _, bytes in world.items.withLock { $0.append(String(decoding: bytes, as: UTF8.self)) } }
+        output.releaseGate = { open.load(ordering: .relaxed) }
+        output.protect()
+        Self.console("a", into: output)
+        _ = output.closeEpoch(0)
+        Self.console("b", into: output)
+        _ = output.closeEpoch(1)
+        output.commit(upTo: 0)
+        #expect(world.seen == ["a"])
+        #expect(output.releasedThrough == 0)
+        open.store(false, ordering: .relaxed)
+        output.commit(upTo: 1)
+        #expect(world.seen == ["a"], "acknowledged, but the grant is not valid: held")
+        #expect(output.releasedThrough == 0, "the standby is not told it was released")
+        #expect(output.flush() == 0)
+        open.store(true, ordering: .relaxed)
+        #expect(output.flush() == 1)
+        #expect(world.seen == ["a", "b"])
+        #expect(output.releasedThrough == 1)
+    }
+
+    @Test func passingThroughBehindAShutGateHoldsInOrder() {
+        let world = World()
+        let open = Atomic<Bool>(false)
+        let output = OutputBuffer { _, bytes in world.items.withLock { $0.append(String(decoding: bytes, as: UTF8.self)) } }
+        output.releaseGate = { open.load(ordering: .relaxed) }
+        output.protect()
+        Self.console("held", into: output)
+        #expect(output.passThrough() == 0, "no standby, and no valid grant: nothing goes")
+        Self.console("later", into: output)
+        #expect(world.seen.isEmpty)
+        open.store(true, ordering: .relaxed)
+        #expect(output.flush() == 2)
+        Self.console("now", into: output)
+        #expect(world.seen == ["held", "later", "now"])
+        #expect(output.bytesHeld == 0)
+    }
+
+    @Test func aSealedBufferDropsWhatTheGateHeld() {
+        let world = World()
+        let open = Atomic<Bool>(false)
+        let output = OutputBuffer { _, bytes in world.items.withLock { $0.append(String(decoding: bytes, as: UTF8.self)) } }
+        output.releaseGate = { open.load(ordering: .relaxed) }
+        output.protect()
+        Self.console("x", into: output)
+        _ = output.closeEpoch(0)
+        output.commit(upTo: 0)
+        output.seal()                                   // superseded: this copy never speaks again
+        open.store(true, ordering: .relaxed)
+        #expect(output.flush() == 0)
+        output.passThrough()
+        Self.console("y", into: output)
+        #expect(world.seen.isEmpty)
+    }
+}
