@@ -72,7 +72,8 @@ let benchmarks: @Sendable () -> Void = {
     // The same with fencing: the standby takes over only once the killed
     // primary's lease has expired in etcd (a fresh one-member etcd each time).
     Benchmark("Failover at 5 ms with an arbiter (etcd, 2 s lease): SIGKILL of the primary to the guest answering on the standby (kvstore)",
-              configuration: .init(metrics: [.wallClock], timeUnits: .milliseconds, warmupIterations: 0, maxIterations: 5)) { benchmark in
+              configuration: .init(metrics: [.wallClock], timeUnits: .milliseconds, warmupIterations: 0, maxDuration: .seconds(120),
+                                   maxIterations: 5)) { benchmark in
         let etcd = try EtcdCluster()
         let failover = KVStoreProcesses(epoch: 5, arbiter: etcd.url)
         try failover.start()

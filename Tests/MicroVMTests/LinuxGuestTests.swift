@@ -71,7 +71,7 @@ struct LinuxGuestTests {
         #expect(console.contains("understudy-linux: virtio devices: virtio0 virtio1"), "both devices found through ACPI")
         #expect(console.contains("kvstore: replayed 0 records"))
         let client = try NamespaceSocket.connect(namespacePath: network.namespacePath, host: "10.77.0.2", port: 7000,
-                                                 timeout: Int(TestHost.seconds(20)))
+                                                 timeout: 20)
         #expect(try client.command("PING") == "PONG")
         #expect(try client.command("SET greeting hello") == "OK 1")
         #expect(try client.command("INCR n") == "VALUE 1 2")

@@ -43,7 +43,7 @@ struct LinuxFailoverProcessTests {
         #expect(eventually(timeout: 60) { first.standardOutput.text.contains("kvstore: listening") || !first.process.isRunning },
                 "first: \(first.standardError.text.suffix(3000)) \(first.standardOutput.text.suffix(3000))")
         let socket = try NamespaceSocket.connect(namespacePath: network.namespacePath, host: "10.77.0.2", port: 7000,
-                                                 timeout: Int(TestHost.seconds(30)))
+                                                 timeout: 30)
         #expect(try socket.command("SET before save") == "OK 1")
         #expect(try socket.command("INCR n") == "VALUE 1 2")
         first.signal(SIGTERM)
@@ -88,7 +88,7 @@ struct LinuxFailoverProcessTests {
         try #require(primary.process.isRunning)
 
         let socket = try NamespaceSocket.connect(namespacePath: network.namespacePath, host: "10.77.0.2", port: 7000,
-                                                 timeout: Int(TestHost.seconds(30)))
+                                                 timeout: 30)
         let stop = Atomic<Bool>(false), killed = Atomic<Bool>(false)
         let progress = Mutex<(before: Int, after: Int)>((0, 0))
         let client = ThreadRunner<(acknowledged: [Int: Int], counter: Int, error: String?)> {
