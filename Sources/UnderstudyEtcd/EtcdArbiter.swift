@@ -28,10 +28,10 @@ public final class EtcdArbiter: Arbiter {
     /// (etcd's granularity is a second), `safetyMargin` below it.
     public init(gateway: EtcdGateway, guest: String, leaseTime: Duration = .seconds(5), safetyMargin: Duration = .seconds(1)) throws(ArbiterError) {
         guard !guest.isEmpty, guest.utf8.count <= 200, !guest.contains("/"), !guest.contains(" ") else {
-            throw .malformed("the guest name '\(guest)' must be 1-200 bytes without '/' or spaces")
+            throw .invalid("the guest name '\(guest)' must be 1-200 bytes without '/' or spaces")
         }
         guard leaseTime >= .seconds(2), safetyMargin >= .zero, safetyMargin < leaseTime else {
-            throw .malformed("a lease time of \(leaseTime) with a safety margin of \(safetyMargin): the lease must be at least 2 s and longer than the margin")
+            throw .invalid("a lease time of \(leaseTime) with a safety margin of \(safetyMargin): the lease must be at least 2 s and longer than the margin")
         }
         self.gateway = gateway
         self.guest = guest

@@ -17,12 +17,12 @@ public final class EtcdGateway: Sendable {
 
     /// Parses `etcd://HOST:PORT[,HOST:PORT...]`.
     public static func endpoints(from url: String) throws(ArbiterError) -> [String] {
-        guard url.hasPrefix("etcd://") else { throw .malformed("'\(url)' is not etcd://HOST:PORT[,HOST:PORT...]") }
+        guard url.hasPrefix("etcd://") else { throw .invalid("'\(url)' is not etcd://HOST:PORT[,HOST:PORT...]") }
         let members = url.dropFirst("etcd://".count).split(separator: ",").map(String.init)
         guard !members.isEmpty, members.allSatisfy({ member in
             guard let colon = member.lastIndex(of: ":"), let port = UInt16(member[member.index(after: colon)...]), port > 0 else { return false }
             return colon > member.startIndex
-        }) else { throw .malformed("'\(url)' is not etcd://HOST:PORT[,HOST:PORT...]") }
+        }) else { throw .invalid("'\(url)' is not etcd://HOST:PORT[,HOST:PORT...]") }
         return members
     }
 

@@ -115,10 +115,11 @@ struct UnderstudyPrimary: ParsableCommand {
         guard saveOnStop == nil || unprotected else { throw ValidationError("--save-on-stop is for --unprotected runs (a protected guest's copy is its standby)") }
         guard kernel != nil || initrd == nil else { throw ValidationError("--initrd goes with --kernel") }
         guard MACAddress.parse(mac) != nil else { throw ValidationError("cannot read MAC address '\(mac)'") }
-        if arbiter != nil {
+        if let arbiter {
             guard standby != nil else { throw ValidationError("--arbiter fences a protected guest: give --standby too") }
-            guard guestName != nil else { throw ValidationError("--arbiter needs --guest-name (the same on the standby)") }
-            guard let lease = DurationText.parse(leaseTime), lease >= .seconds(2) else { throw ValidationError("--lease-time must be at least 2s, not '\(leaseTime)'") }
+            guard let guestName else { throw ValidationError("--arbiter needs --guest-name (the same on the standby)") }
+            // The library says what is wrong with the address, the name or the lease.
+            do { _ = try EtcdArbiter(url: arbiter, guest: guestName, leaseTime: DurationText.parse(leaseTime) ?? .zero) } catch { throw ValidationError("--arbiter: \(error)") }
         }
         guard let budget = MemorySize.parse(diskBudget), (1 << 20...UInt64(DiskWriteLog.maximumEpochBudget)).contains(budget) else {
             throw ValidationError("--disk-budget must be 1M to \(DiskWriteLog.maximumEpochBudget >> 20)M, not '\(diskBudget)'")
@@ -177,7 +178,7 @@ struct UnderstudyPrimary: ParsableCommand {
                     throw ExitCode(1)
                 }
             } else {
-                logger.warning("no fencing (no --arbiter): a network partition can leave two active copies")
+                logger.warning("\(Fence.unfencedWarning) (no --arbiter)")
             }
             protection = .standby(replication)
         } else {

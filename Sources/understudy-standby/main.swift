@@ -51,9 +51,9 @@ struct UnderstudyStandby: ParsableCommand {
             throw ValidationError("cannot read heartbeat timeout '\(heartbeatTimeout)' (at least 20ms)")
         }
         if let disk, !FileManager.default.fileExists(atPath: disk) { throw ValidationError("no disk image at \(disk)") }
-        if arbiter != nil {
-            guard guestName != nil else { throw ValidationError("--arbiter needs --guest-name (the primary's)") }
-            guard let lease = DurationText.parse(leaseTime), lease >= .seconds(2) else { throw ValidationError("--lease-time must be at least 2s, not '\(leaseTime)'") }
+        if let arbiter {
+            guard let guestName else { throw ValidationError("--arbiter needs --guest-name (the primary's)") }
+            do { _ = try EtcdArbiter(url: arbiter, guest: guestName, leaseTime: DurationText.parse(leaseTime) ?? .zero) } catch { throw ValidationError("--arbiter: \(error)") }
         }
     }
 
@@ -73,7 +73,7 @@ struct UnderstudyStandby: ParsableCommand {
                 throw ExitCode(1)
             }
         } else {
-            logger.warning("no fencing (no --arbiter): a network partition can leave two active copies")
+            logger.warning("\(Fence.unfencedWarning) (no --arbiter)")
         }
         do {
             let receiver = try StandbyRunner.receiver(options, logger: logger)

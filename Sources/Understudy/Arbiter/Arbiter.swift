@@ -97,6 +97,8 @@ public enum ArbiterError: Error, Equatable, Sendable, CustomStringConvertible {
     case lost(String)
     /// The service answered something this side cannot read.
     case malformed(String)
+    /// The arbiter was configured wrong (its address, the guest's name, the lease).
+    case invalid(String)
 
     public var description: String {
         switch self {
@@ -105,6 +107,7 @@ public enum ArbiterError: Error, Equatable, Sendable, CustomStringConvertible {
         case .superseded(let generation): "another copy took the guest over (generation \(generation))"
         case .lost(let why): "the lease is lost: \(why)"
         case .malformed(let why): "the arbiter's answer is malformed: \(why)"
+        case .invalid(let why): why
         }
     }
 }

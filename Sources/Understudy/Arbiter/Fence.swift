@@ -89,6 +89,9 @@ public final class Fence: @unchecked Sendable {
         }
     }
 
+    /// What a copy without an arbiter says at start and in every status line.
+    public static let unfencedWarning = "no fencing: a network partition can leave two active copies"
+
     /// Whether output may be released now: the grant is certainly valid.
     public var mayRelease: Bool {
         !superseded.load(ordering: .relaxed) && (ContinuousClock.now - origin).wholeNanoseconds < validNanoseconds.load(ordering: .relaxed)

@@ -27,7 +27,7 @@ final class StatusReport: @unchecked Sendable {
                 let text = Self.line(status: primary.status, epochs: nowTotals - totals, seconds: Double(interval.milliseconds) / 1000,
                                      bytes: nowWire.bytes - wire.bytes, checkpoints: nowWire.checkpoints - wire.checkpoints,
                                      held: (output.bytesHeld, output.oldestAge, output.maximumAge, output.dropped, output.consoleBytesDropped))
-                    + "; " + (primary.configuration.fence?.status ?? Self.noFencing)
+                    + "; " + (primary.configuration.fence?.status ?? Fence.unfencedWarning)
                 logger.info("\(text)")
                 (totals, wire) = (nowTotals, nowWire)
             }
@@ -37,9 +37,6 @@ final class StatusReport: @unchecked Sendable {
     }
 
     func stop() { done.signal() }
-
-    /// What every status line says when no arbiter is configured.
-    static let noFencing = "no fencing: a network partition can leave two active copies"
 
     /// One status line for an interval of `seconds` in which `epochs` were
     /// checkpointed and `bytes` went out in `checkpoints` checkpoints.
