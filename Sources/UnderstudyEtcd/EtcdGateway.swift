@@ -29,10 +29,13 @@ public final class EtcdGateway: Sendable {
     public init(endpoints: [String], requestTimeout: Duration = .seconds(1)) {
         self.endpoints = endpoints
         self.requestTimeout = requestTimeout
-        client = HTTPClient(eventLoopGroupProvider: .singleton)
+        // One client for the process, never shut down: a gateway dropped while
+        // a request to a silent member was still timing out made a private
+        // client's shutdown race the connection's release, which
+        // async-http-client treats as a fatal error ("a connection that we
+        // don't know was released").
+        client = HTTPClient.shared
     }
-
-    deinit { try? client.syncShutdown() }
 
     /// POSTs `body` to `/v3/<path>` and returns the decoded JSON object.
     public func call(_ path: String, _ body: [String: Any]) throws(ArbiterError) -> [String: Any] {
