@@ -77,11 +77,41 @@ public final class ChildProcess: @unchecked Sendable {
     /// traps when asked for the status of a running process).
     public var exitStatus: Int32? { process.isRunning ? nil : process.terminationStatus }
 
-    /// Waits for the process to end; false if it still runs after `timeout` seconds.
+    /// Waits for the process to end; false if it still runs after `timeout` seconds,
+    /// and then prints where each of its threads is (see `whereItIs`).
     public func waitForExit(timeout: TimeInterval = 30) -> Bool {
         let ended = eventually(timeout: timeout) { !process.isRunning }
         if ended { process.waitUntilExit(); Thread.sleep(forTimeInterval: 0.1) }   // let the pipes drain
+        else { print("\(process.executableURL?.lastPathComponent ?? "process") \(process.processIdentifier) still runs after \(Int(timeout)) s:\n\(whereItIs())") }
         return ended
+    }
+
+    /// Each thread's name, state and kernel stack, and the user-space stacks
+    /// when gdb is installed: what a test that waited in vain reports.
+    public func whereItIs() -> String {
+        let pid = process.processIdentifier
+        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+        var report = tasks.sorted().map { tid -> String in
+            func read(_ file: String) -> String {
+                (try? String(contentsOfFile: "/proc/\(pid)/task/\(tid)/\(file)", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
+            }
+            let state = read("status").split(separator: "\n").first { $0.hasPrefix("State:") } ?? "State: ?"
+            return "thread \(tid) \(read("comm")) \(state) wchan=\(read("wchan"))\n\(read("stack"))"
+        }.joined(separator: "\n")
+        if let gdb = ["/usr/bin/gdb"].first(where: { FileManager.default.isExecutableFile(atPath: $0) }) {
+            let debugger = Process()
+            debugger.executableURL = URL(fileURLWithPath: gdb)
+            debugger.arguments = ["-p", "\(pid)", "-batch", "-ex", "thread apply all bt 30"]
+            let pipe = Pipe()
+            debugger.standardOutput = pipe
+            debugger.standardError = FileHandle.nullDevice
+            if (try? debugger.run()) != nil {
+                let text = pipe.fileHandleForReading.readDataToEndOfFile()
+                debugger.waitUntilExit()
+                report += "\n" + String(decoding: text, as: UTF8.self)
+            }
+        }
+        return report
     }
 
     /// The port a standby logged it listens on.

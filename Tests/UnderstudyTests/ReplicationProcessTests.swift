@@ -268,7 +268,7 @@ struct DiskReplicationProcessTests {
         #expect(eventually(timeout: 120) { JournalImage.flushed(in: standby.standardOutput.lines).count > before },
                 "the journal goes on on the standby: \(standby.standardError.text.suffix(2000))")
         standby.signal(SIGTERM)
-        #expect(standby.waitForExit(timeout: 60))
+        #expect(standby.waitForExit(timeout: 60), "the standby stops on SIGTERM: \(standby.standardError.text.suffix(3000))")
         let onDisk = try JournalImage.recordCount(path: standbyDisk)
         let reported = JournalImage.flushed(in: primary.standardOutput.lines).max() ?? .max
         #expect(onDisk >= reported, "every record reported flushed is on the standby's image (\(onDisk) records, reported up to \(reported))")
