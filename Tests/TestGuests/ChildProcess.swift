@@ -4,8 +4,27 @@ import Synchronization
 /// Bytes a child process wrote, collected as they arrive.
 public final class OutputCollector: Sendable {
     private let bytes = Mutex<[UInt8]>([])
+    /// Where arriving bytes are copied too (see `ChildProcess.liveLog`).
+    private let copy = Mutex<FileHandle?>(nil)
+
     public init() {}
-    public func append(_ data: Data) { bytes.withLock { $0 += data } }
+
+    public func append(_ data: Data) {
+        copy.withLock { file in
+            bytes.withLock { $0 += data }
+            try? file?.write(contentsOf: data)
+        }
+    }
+
+    /// Writes what arrived so far, and from now on what arrives, to `file` too.
+    func copy(to file: FileHandle?) {
+        guard let file else { return }
+        copy.withLock { copy in
+            copy = file
+            try? file.write(contentsOf: Data(bytes.withLock { $0 }))
+        }
+    }
+
     public var data: [UInt8] { bytes.withLock { $0 } }
     public var text: String { String(decoding: data, as: UTF8.self) }
     /// Complete lines so far, without their line ending. (A Linux guest's tty
@@ -61,6 +80,8 @@ public final class ChildProcess: @unchecked Sendable {
         out.fileHandleForReading.readabilityHandler = { stdout.append($0.availableData) }
         err.fileHandleForReading.readabilityHandler = { stderr.append($0.availableData) }
         try process.run()
+        stdout.copy(to: Self.liveLog(name, process.processIdentifier, "out"))
+        stderr.copy(to: Self.liveLog(name, process.processIdentifier, "err"))
         if closingStandardOutput {
             out.fileHandleForReading.readabilityHandler = nil
             try out.fileHandleForReading.close()
@@ -69,6 +90,17 @@ public final class ChildProcess: @unchecked Sendable {
 
     deinit {
         if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+    }
+
+    /// With `UNDERSTUDY_CHILD_LOGS=DIR`, each child's output is also appended,
+    /// as it arrives, to DIR/PID-NAME.out and .err: how to watch a test that
+    /// seems stuck (in the KVM box too: DIR under the checkout is shared).
+    static func liveLog(_ name: String, _ pid: Int32, _ stream: String) -> FileHandle? {
+        guard let directory = ProcessInfo.processInfo.environment["UNDERSTUDY_CHILD_LOGS"], !directory.isEmpty else { return nil }
+        try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let path = "\(directory)/\(pid)-\(name).\(stream)"
+        guard FileManager.default.createFile(atPath: path, contents: nil) else { return nil }
+        return FileHandle(forWritingAtPath: path)
     }
 
     public func signal(_ number: Int32) { kill(process.processIdentifier, number) }

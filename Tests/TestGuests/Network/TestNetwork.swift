@@ -66,6 +66,13 @@ public final class TestNetwork: @unchecked Sendable {
         return name
     }
 
+    /// Frames a VMM has written into `tap` so far: what the guest behind it
+    /// released to the world (the kernel counts them as the tap's received packets).
+    public func framesReleased(through tap: String) -> Int {
+        let text = (try? String(contentsOfFile: "/sys/class/net/\(tap)/statistics/rx_packets", encoding: .utf8)) ?? ""
+        return Int(text.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
+    }
+
     /// Runs a command inside the client namespace.
     @discardableResult
     public func inClient(_ command: [String]) throws -> String {
