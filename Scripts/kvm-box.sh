@@ -29,6 +29,14 @@
 #                     PATH, HOME, TERM and every UNDERSTUDY_* variable always pass
 #   --prepare         build (or check) the cached kernel and initramfs only
 #   $UNDERSTUDY_BOX_KERNEL_ARGS   more on the box kernel's command line (e.g. loglevel=7)
+#       The box kernel always gets nohz=off highres=off: a periodic tick from
+#       the local APIC's periodic mode, which QEMU reloads by itself. With the
+#       default one-shot timer (re-armed by the kernel at each interrupt), the
+#       box sometimes lost one while a nested guest ran, and then slept: QEMU
+#       at 0% CPU, every process in the box waiting on a timer that never came
+#       (a 3 s freeze made a standby take over a live primary; longer ones
+#       hung Linux failover tests). With the periodic tick: 10 of 10 runs,
+#       none frozen, where 2 of 2 had hung the same day without it.
 #   $UNDERSTUDY_BOX_TCG_THREAD    single (default) or multi: QEMU's TCG threading.
 #       With multi-threaded TCG the box's kernel locked up (soft lockups on both
 #       CPUs, the test stalled) in 2 of 3 runs of randomPointsContinueExactly;
@@ -194,7 +202,7 @@ qemu-system-x86_64 \
     -nodefaults -no-user-config -display none -no-reboot \
     -chardev stdio,id=console,signal=off -serial chardev:console \
     -kernel "$vmlinuz" -initrd "$initramfs" \
-    -append "console=ttyS0 quiet loglevel=4 panic=-1 transparent_hugepage=never ${UNDERSTUDY_BOX_KERNEL_ARGS:-}" \
+    -append "console=ttyS0 quiet loglevel=4 panic=-1 transparent_hugepage=never nohz=off highres=off ${UNDERSTUDY_BOX_KERNEL_ARGS:-}" \
     -virtfs local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap \
     -virtfs "local,path=$checkout,mount_tag=work,security_model=none,multidevs=remap" \
     -virtfs "local,path=$run,mount_tag=run,security_model=none,multidevs=remap" \
