@@ -12,6 +12,9 @@ public enum ConsoleRunner {
         case boot(MachineConfiguration)
         /// Resume a snapshot file written by `MachineSnapshot.write`, with these host devices.
         case snapshot(path: String, network: NetworkConfiguration?, disk: DiskConfiguration?)
+        /// Take the guest over from a standby's committed replica (the primary
+        /// is lost; `fence`, when fencing, holds the guest's key won for it).
+        case takeover(StandbyReceiver, StandbyRunner.Options, fence: Fence?)
     }
 
     /// Sends what arrives on standard input to the guest's serial port and raises
@@ -49,7 +52,13 @@ public enum ConsoleRunner {
     public static func run(_ source: Source, protection: Protection = .unprotected, saveOnStop: String? = nil,
                            logger: Logger) throws(MachineError) -> Int32 {
         let world = WorldOutput(logger: logger)
-        let output = OutputBuffer(protected: { if case .standby = protection { true } else { false } }()) { kind, bytes in
+        // Output is held from the start when a standby is to protect the guest,
+        // except after a takeover: that guest already serves the world, and is
+        // protected again once a standby is reached.
+        var holding = false
+        if case .standby = protection { holding = true }
+        if case .takeover = source { holding = false }
+        let output = OutputBuffer(protected: holding) { kind, bytes in
             world.release(kind, bytes)
         }
         let console: @Sendable ([UInt8]) -> Void = { bytes in bytes.withUnsafeBytes { output.hold(.console, $0) } }
@@ -65,6 +74,8 @@ public enum ConsoleRunner {
             machine = try Machine(restoring: state, memory: memory, network: network, disk: disk,
                                   console: console, logger: logger)
             logger.info("resuming snapshot", metadata: ["path": "\(path)", "vcpus": "\(machine.vcpus.count)"])
+        case .takeover(let receiver, let options, _):
+            machine = try Failover.activate(receiver, options: options, world: world, console: console, logger: logger)
         }
         world.tap = machine.net?.tap
         machine.net?.egress = { output.hold(.network, $0) }
@@ -96,7 +107,9 @@ public enum ConsoleRunner {
         }
         // With an arbiter, output leaves only while this copy's grant is
         // certainly valid; a copy that was taken over from stops its guest.
-        let fence = primary?.configuration.fence
+        var won: Fence?
+        if case .takeover(_, _, let fence) = source { won = fence }
+        let fence = primary?.configuration.fence ?? won
         fence?.start(gating: output) { [weak machine] _ in machine?.requestStop() }
         // A signal ends replication in order first (the standby is told goodbye and
         // does not take over), then stops the machine.

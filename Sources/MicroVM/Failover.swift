@@ -8,8 +8,10 @@ import Understudy
 /// epoch's output, and leaves the machine ready to start. Each step is timed
 /// and logged.
 enum Failover {
+    /// `console` is where the machine's console goes from now on (the world,
+    /// or an output buffer when the guest is protected again).
     static func activate(_ receiver: StandbyReceiver, options: StandbyRunner.Options, world: WorldOutput,
-                         logger: Logger) throws(MachineError) -> Machine {
+                         console: @escaping @Sendable ([UInt8]) -> Void, logger: Logger) throws(MachineError) -> Machine {
         guard let replica = receiver.replica, let sequence = replica.committedSequence, let hello = receiver.hello else {
             throw .wrongState("no committed checkpoint to take over from")
         }
@@ -17,7 +19,6 @@ enum Failover {
         let began = clock.now
         let sinceCommit = receiver.lastCommit.map { began - $0 } ?? .zero
         let network = options.tap.map { NetworkConfiguration(tap: $0, mac: hello.mac) }
-        let console: @Sendable ([UInt8]) -> Void = { world.release(.console, $0) }
         let machine = try Machine(restoring: replica.state, memory: replica.memory, network: network, disk: options.disk,
                                   console: console, logger: logger)
         world.tap = machine.net?.tap

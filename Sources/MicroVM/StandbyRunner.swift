@@ -5,7 +5,8 @@ import Understudy
 
 /// Runs the standby host: holds the replica a primary streams, and when the
 /// primary is lost takes the guest over and runs it in the foreground, its
-/// console on standard output; what `understudy-standby` does.
+/// console on standard output (and, with `Options.reprotect`, protects it
+/// again with a standby there); what `understudy-standby` does.
 public enum StandbyRunner {
     /// What the standby offers and watches.
     public struct Options: Sendable {
@@ -17,14 +18,24 @@ public enum StandbyRunner {
         /// The arbiter a takeover must win the guest's key from (nil: none,
         /// and a partition can leave two active copies).
         public var fencing: StandbyFencing?
+        /// After a takeover, protect the guest again with the standby at this
+        /// address (usually the lost primary's host, once a standby runs there
+        /// again): the guest keeps output commit's machinery, runs unprotected
+        /// until that standby answers, then is copied to it and is protected.
+        /// Nil: after a takeover the guest runs unprotected for good.
+        public var reprotect: SocketAddress?
+        /// Between status lines of a guest taken over and protected again.
+        public var statusInterval: Duration?
 
         public init(listen: SocketAddress, heartbeatTimeout: Duration = StandbyConfiguration.defaultHeartbeatTimeout,
-                    tap: String? = nil, disk: DiskConfiguration? = nil, fencing: StandbyFencing? = nil) {
+                    tap: String? = nil, disk: DiskConfiguration? = nil, fencing: StandbyFencing? = nil,
+                    reprotect: SocketAddress? = nil) {
             self.listen = listen
             self.heartbeatTimeout = heartbeatTimeout
             self.tap = tap
             self.disk = disk
             self.fencing = fencing
+            self.reprotect = reprotect
         }
     }
 
@@ -70,13 +81,21 @@ public enum StandbyRunner {
             logger.info("the primary ended the session; nothing to take over")
             return 0
         case .primaryLost:
-            let world = WorldOutput(logger: logger)
-            let machine = try Failover.activate(receiver, options: options, world: world, logger: logger)
-            // The new active copy keeps the key renewed. (Its output is not
-            // gated on it yet: it has no output buffer after a takeover.)
-            fence?.start(gating: nil) { [weak machine] _ in machine?.requestStop() }
-            defer { fence?.stop(release: true) }
-            return try ConsoleRunner.runToEnd(machine, logger: logger)
+            // The new active copy holds the key and releases output only while
+            // its grant is certainly valid; with `reprotect` it is a primary
+            // again, with the epoch the lost primary used.
+            var protection = ConsoleRunner.Protection.unprotected
+            if let address = options.reprotect {
+                var engine = EngineConfiguration()
+                if let micros = receiver.hello?.epochMicroseconds, micros >= 1000 { engine.epoch = .microseconds(Int(micros)) }
+                var configuration = PrimaryConfiguration(standby: address, engine: engine, heartbeatTimeout: options.heartbeatTimeout)
+                configuration.initialHold = .zero
+                configuration.statusInterval = options.statusInterval
+                configuration.fence = fence
+                protection = .standby(configuration)
+                logger.notice("the guest will be protected again by the standby at \(address) once it answers")
+            }
+            return try ConsoleRunner.run(.takeover(receiver, options, fence: fence), protection: protection, logger: logger)
         }
     }
 }

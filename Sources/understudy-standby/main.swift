@@ -42,6 +42,12 @@ struct UnderstudyStandby: ParsableCommand {
     @Option(help: "With --arbiter: the lease's time to live after a takeover (at least 2s).")
     var leaseTime = "5s"
 
+    @Option(help: "After a takeover, protect the guest again with the standby at HOST:PORT (start one there, e.g. on the lost primary's host once repaired): until it answers the guest runs unprotected, then it is copied there and protected.")
+    var reprotect: String?
+
+    @Option(help: "With --reprotect: between status lines after the takeover (e.g. 10s).")
+    var statusInterval = "10s"
+
     @Flag(help: "Log debug detail.")
     var verbose = false
 
@@ -51,6 +57,10 @@ struct UnderstudyStandby: ParsableCommand {
             throw ValidationError("cannot read heartbeat timeout '\(heartbeatTimeout)' (at least 20ms)")
         }
         if let disk, !FileManager.default.fileExists(atPath: disk) { throw ValidationError("no disk image at \(disk)") }
+        if let reprotect {
+            do { _ = try SocketAddress(parsing: reprotect) } catch { throw ValidationError("--reprotect: \(error)") }
+        }
+        guard DurationText.parse(statusInterval) != nil else { throw ValidationError("cannot read status interval '\(statusInterval)' (e.g. 10s)") }
         if let arbiter {
             guard let guestName else { throw ValidationError("--arbiter needs --guest-name (the primary's)") }
             do { _ = try EtcdArbiter(url: arbiter, guest: guestName, leaseTime: DurationText.parse(leaseTime) ?? .zero) } catch { throw ValidationError("--arbiter: \(error)") }
@@ -63,7 +73,9 @@ struct UnderstudyStandby: ParsableCommand {
         logger.logLevel = verbose ? .debug : .info
         var options = StandbyRunner.Options(listen: (try? SocketAddress(parsing: listen, listening: true)) ?? SocketAddress(host: "127.0.0.1", port: 7700),
                                             heartbeatTimeout: DurationText.parse(heartbeatTimeout) ?? StandbyConfiguration.defaultHeartbeatTimeout,
-                                            tap: tap, disk: disk.map { DiskConfiguration(path: $0) })
+                                            tap: tap, disk: disk.map { DiskConfiguration(path: $0) },
+                                            reprotect: reprotect.flatMap { try? SocketAddress(parsing: $0) })
+        options.statusInterval = DurationText.parse(statusInterval)
         if let arbiter, let guestName {
             do {
                 let etcd = try EtcdArbiter(url: arbiter, guest: guestName, leaseTime: DurationText.parse(leaseTime) ?? .seconds(5))

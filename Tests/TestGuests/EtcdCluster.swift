@@ -70,7 +70,7 @@ public final class EtcdCluster: @unchecked Sendable {
     }
 
     /// A port nobody listens on now (bound to 0, read, closed).
-    static func freePort() throws -> UInt16 {
+    public static func freePort() throws -> UInt16 {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(fd) }
         var address = sockaddr_in()

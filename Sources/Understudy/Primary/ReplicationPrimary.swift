@@ -28,6 +28,11 @@ public struct PrimaryConfiguration: Sendable {
     /// (its status goes into every status line); nil: no fencing, and every
     /// status line says what that risks.
     public var fence: Fence?
+    /// How long output is held at the start while the standby is first
+    /// tried; after that the guest runs on unprotected (output released) until
+    /// a standby is reached. Zero for a guest that already ran unprotected,
+    /// such as one that took over and is to be protected again.
+    public var initialHold: Duration = .seconds(5)
 
     public init(standby: SocketAddress, engine: EngineConfiguration = EngineConfiguration(),
                 heartbeatTimeout: Duration = StandbyConfiguration.defaultHeartbeatTimeout,
@@ -189,7 +194,7 @@ public final class ReplicationPrimary: @unchecked Sendable {
         // Output is held while first trying to reach a standby, and after a
         // session ended for a resync while the standby is reached again; after
         // that the guest runs on unprotected, and the log says so.
-        var holdUntil = ContinuousClock.now + .seconds(5)
+        var holdUntil = ContinuousClock.now + configuration.initialHold
         var resyncing = false
         while !stopping.load(ordering: .relaxed) {
             let link: FrameConnection
