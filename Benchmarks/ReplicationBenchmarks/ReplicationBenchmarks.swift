@@ -224,7 +224,7 @@ enum JournalProcesses {
         benchmark.startMeasurement()
         _ = eventually(timeout: 300) { primary.standardOutput.text.contains("journal: wrote") }
         benchmark.stopMeasurement()
-        guard primary.waitForExit(timeout: 30), primary.process.terminationStatus == 0 else { throw Failure(what: "journal failed") }
+        guard primary.waitForExit(timeout: 30), primary.exitStatus == 0 else { throw Failure(what: "journal failed") }
         if epoch != nil, try JournalImage.recordCount(path: standbyDisk) < 19000 {
             throw Failure(what: "the standby's image lacks records")
         }

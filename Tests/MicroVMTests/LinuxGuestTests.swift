@@ -62,9 +62,9 @@ struct LinuxGuestTests {
             "--append", LinuxBoot.defaultCommandLine + " understudy.ip=10.77.0.2/24"])
         defer { guest.signal(SIGTERM); _ = guest.waitForExit(timeout: TestHost.seconds(30)) }
         let started = eventually(timeout: 60) {
-            guest.standardOutput.text.contains("kvstore: listening") || !guest.process.isRunning
+            guest.standardOutput.text.contains("kvstore: listening") || !guest.isRunning
         }
-        #expect(started && guest.process.isRunning,
+        #expect(started && guest.isRunning,
                 "the guest's service started; console:\n\(guest.standardOutput.text.suffix(6000))\n\(guest.standardError.text.suffix(2000))")
         let console = guest.standardOutput.text
         #expect(console.contains("understudy-linux: up"))

@@ -92,10 +92,10 @@ struct SaveRestoreTests {
         try process.run()
         let reached = Self.waitForLines(output, cpus: 2, count: 20)
         process.terminate()                      // SIGTERM: the runner stops the machine cleanly
-        process.waitUntilExit()
+        let status = ChildExit.wait(for: process)
         pipe.fileHandleForReading.readabilityHandler = nil
         #expect(reached, "the resumed process printed too little")
-        #expect(process.terminationStatus == 0, "clean stop on SIGTERM")
+        #expect(status == 0, "clean stop on SIGTERM")
         for cpu in 0..<2 {
             let all = before[cpu] + output.lines(cpu: cpu)
             #expect(all == Self.expected(cpu: cpu, count: all.count), "vCPU \(cpu)")

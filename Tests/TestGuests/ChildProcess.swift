@@ -89,8 +89,12 @@ public final class ChildProcess: @unchecked Sendable {
     }
 
     deinit {
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        if isRunning { kill(process.processIdentifier, SIGKILL) }
     }
+
+    /// Whether the process still runs (`ChildExit`: not `process.isRunning`,
+    /// which can miss the end of a child).
+    public var isRunning: Bool { ChildExit.status(of: process) == nil }
 
     /// With `UNDERSTUDY_CHILD_LOGS=DIR`, each child's output is also appended,
     /// as it arrives, to DIR/PID-NAME.out and .err: how to watch a test that
@@ -107,13 +111,13 @@ public final class ChildProcess: @unchecked Sendable {
 
     /// The exit status once the process has ended, nil while it runs (Foundation
     /// traps when asked for the status of a running process).
-    public var exitStatus: Int32? { process.isRunning ? nil : process.terminationStatus }
+    public var exitStatus: Int32? { ChildExit.status(of: process) }
 
     /// Waits for the process to end; false if it still runs after `timeout` seconds,
     /// and then prints where each of its threads is (see `whereItIs`).
     public func waitForExit(timeout: TimeInterval = 30) -> Bool {
-        let ended = eventually(timeout: timeout) { !process.isRunning }
-        if ended { process.waitUntilExit(); Thread.sleep(forTimeInterval: 0.1) }   // let the pipes drain
+        let ended = eventually(timeout: timeout) { !isRunning }
+        if ended { Thread.sleep(forTimeInterval: 0.1) }   // let the pipes drain
         else { print("\(process.executableURL?.lastPathComponent ?? "process") \(process.processIdentifier) still runs after \(Int(timeout)) s:\n\(whereItIs())") }
         return ended
     }
@@ -139,7 +143,7 @@ public final class ChildProcess: @unchecked Sendable {
             debugger.standardError = FileHandle.nullDevice
             if (try? debugger.run()) != nil {
                 let text = pipe.fileHandleForReading.readDataToEndOfFile()
-                debugger.waitUntilExit()
+                ChildExit.wait(for: debugger)
                 report += "\n" + String(decoding: text, as: UTF8.self)
             }
         }
@@ -150,7 +154,7 @@ public final class ChildProcess: @unchecked Sendable {
     public func listeningPort(timeout: TimeInterval = 30) -> UInt16? {
         var port: UInt16?
         _ = eventually(timeout: timeout) {
-            guard process.isRunning || !standardError.text.isEmpty else { return true }
+            guard isRunning || !standardError.text.isEmpty else { return true }
             guard let range = standardError.text.range(of: #"address=[0-9.]+:([0-9]+)"#, options: .regularExpression) else { return false }
             port = UInt16(standardError.text[range].split(separator: ":").last ?? "")
             return port != nil

@@ -56,7 +56,7 @@ public final class EtcdCluster: @unchecked Sendable {
 
     /// The index of the member that leads now (each member's status names the leader).
     public func leader() throws -> Int {
-        for (index, member) in members.enumerated() where member.process?.process.isRunning == true {
+        for (index, member) in members.enumerated() where member.process?.isRunning == true {
             let status = try EtcdGateway(endpoints: [member.endpoint]).call("maintenance/status", [:])
             if try EtcdGateway.unsigned(status["leader"]) == EtcdGateway.unsigned((status["header"] as? [String: Any])?["member_id"]) { return index }
         }

@@ -56,8 +56,7 @@ public enum GuestPrograms {
                 do {
                     try process.run()
                     let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-                    process.waitUntilExit()
-                    state = process.terminationStatus == 0 ? .success(()) : .failure(BuildFailed(output: output))
+                    state = ChildExit.wait(for: process) == 0 ? .success(()) : .failure(BuildFailed(output: output))
                 } catch {
                     state = .failure(BuildFailed(output: "\(error)"))
                 }

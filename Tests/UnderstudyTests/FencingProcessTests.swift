@@ -50,7 +50,7 @@ struct FencingProcessTests {
             "--arbiter", primaryEtcd, "--guest-name", "g1", "--lease-time", lease])
         #expect(eventually(timeout: 120) {
             (primary.standardError.text.contains("protected by the standby") && primary.standardOutput.text.contains("listening"))
-                || !primary.process.isRunning
+                || !primary.isRunning
         }, "primary: \(primary.standardError.text)")
         return Pair(standby: standby, primary: primary, network: network, primaryTap: primaryTap, standbyTap: standbyTap)
     }
@@ -94,7 +94,7 @@ struct FencingProcessTests {
         let client = try Self.client(of: pair)
         proxy?.cut()
         #expect(eventually(timeout: 60) { primary.standardError.text.contains("runs on without its standby") }, "primary: \(primary.standardError.text)")
-        #expect(eventually(timeout: 60) { !standby.process.isRunning }, "standby: \(standby.standardError.text)")
+        #expect(eventually(timeout: 60) { !standby.isRunning }, "standby: \(standby.standardError.text)")
         #expect(standby.standardError.text.contains("no takeover: the guest went on without this standby"), "\(standby.standardError.text)")
         #expect(standby.exitStatus == 1)
         #expect(!standby.standardError.text.contains("taking over from checkpoint"))
@@ -170,7 +170,7 @@ struct FencingProcessTests {
         #expect(eventually(timeout: 60) { primary.standardError.text.contains("the guest's key is held again, with no takeover in between") },
                 "primary: \(primary.standardError.text.suffix(3000))")
         Self.expectServed(client, "\(primary.standardError.text.suffix(2000))")
-        #expect(standby.process.isRunning && pair.releasedByStandby == 0, "no takeover: \(standby.standardError.text.suffix(2000))")
+        #expect(standby.isRunning && pair.releasedByStandby == 0, "no takeover: \(standby.standardError.text.suffix(2000))")
         let log = try client.stop()
         Self.expectOneHistory(log)
         #expect(log.reconnects == 0, "the client's connection survived: \(log.lastFailure ?? "")")
@@ -230,7 +230,7 @@ struct FencingProcessTests {
         // host: output then waits, and the key is renewed with its generation.)
         #expect(!primary.standardError.text.contains("RUNNING UNPROTECTED") && !primary.standardError.text.contains("generation 2"),
                 "\(primary.standardError.text.suffix(3000))")
-        #expect(standby.process.isRunning && pair.releasedByStandby == 0, "no takeover: \(standby.standardError.text.suffix(2000))")
+        #expect(standby.isRunning && pair.releasedByStandby == 0, "no takeover: \(standby.standardError.text.suffix(2000))")
         let log = try client.stop()
         Self.expectOneHistory(log)
         #expect(log.reconnects == 0, "the client's connection survived: \(log.lastFailure ?? "")")

@@ -40,7 +40,7 @@ struct LinuxFailoverProcessTests {
         let first = try ChildProcess("understudy-primary", [
             "--unprotected", "--kernel", kernel, "--initrd", initrd, "--append", Self.commandLine,
             "--tap", tap, "--disk", disk, "--memory", "256M", "--save-on-stop", snapshot])
-        #expect(eventually(timeout: 60) { first.standardOutput.text.contains("kvstore: listening") || !first.process.isRunning },
+        #expect(eventually(timeout: 60) { first.standardOutput.text.contains("kvstore: listening") || !first.isRunning },
                 "first: \(first.standardError.text.suffix(3000)) \(first.standardOutput.text.suffix(3000))")
         let socket = try NamespaceSocket.connect(namespacePath: network.namespacePath, host: "10.77.0.2", port: 7000,
                                                  timeout: 30)
@@ -83,9 +83,9 @@ struct LinuxFailoverProcessTests {
             "--status-interval", "5s"])
         #expect(eventually(timeout: 60) {
             (primary.standardError.text.contains("protected by the standby") && primary.standardOutput.text.contains("kvstore: listening"))
-                || !primary.process.isRunning
+                || !primary.isRunning
         }, "primary: \(primary.standardError.text.suffix(3000)) \(primary.standardOutput.text.suffix(3000))")
-        try #require(primary.process.isRunning)
+        try #require(primary.isRunning)
 
         let socket = try NamespaceSocket.connect(namespacePath: network.namespacePath, host: "10.77.0.2", port: 7000,
                                                  timeout: 30)

@@ -246,9 +246,9 @@ struct DiskReplicationProcessTests {
         #expect(eventually(timeout: 120) { primary.standardError.text.contains("protected by the standby") }, "primary: \(primary.standardError.text)")
         // A minute of writing as fast as the guest can.
         let end = Date().addingTimeInterval(60)
-        while Date() < end, primary.process.isRunning, standby.process.isRunning { Thread.sleep(forTimeInterval: 1) }
+        while Date() < end, primary.isRunning, standby.isRunning { Thread.sleep(forTimeInterval: 1) }
         let log = primary.standardError.text, standbyLog = standby.standardError.text
-        #expect(primary.process.isRunning && standby.process.isRunning, "both still run: \(log.suffix(2000)) \(standbyLog.suffix(2000))")
+        #expect(primary.isRunning && standby.isRunning, "both still run: \(log.suffix(2000)) \(standbyLog.suffix(2000))")
         for failure in ["session ended", "standby lost", "UNPROTECTED", "resync", "refused"] {
             #expect(!log.contains(failure), "the primary never lost its standby (\(failure)): \(log.suffix(3000))")
         }

@@ -43,7 +43,7 @@ struct ReprotectionProcessTests {
                 "primary: \(active.standardError.text)")
         let client = try KVStoreWorldClient(network: network, timeout: 60)
         var processes = [active, standby]
-        defer { for process in processes where process.process.isRunning { process.signal(SIGKILL) } }
+        defer { for process in processes where process.isRunning { process.signal(SIGKILL) } }
         for failover in 1...3 {
             var before = client.replies
             #expect(eventually(timeout: 60) { client.replies >= before + 40 }, "failover \(failover): the client is served while protected")

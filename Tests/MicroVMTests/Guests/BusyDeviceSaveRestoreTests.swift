@@ -65,7 +65,7 @@ struct BusyDeviceSaveRestoreTests {
 
         let newConsole = ConsoleBuffer()
         let process = try Self.resume(snapshot: snapshot, tap: tap, disk: nil, console: newConsole)
-        defer { if process.isRunning { process.terminate() }; process.waitUntilExit() }
+        defer { if ChildExit.status(of: process) == nil { process.terminate() }; ChildExit.wait(for: process) }
         // Progress, not time: the new process must serve 50 more replies.
         _ = eventually(timeout: 60) { served.load(ordering: .relaxed) >= beforeMove + 50 }
         stopClient.store(true, ordering: .relaxed)
@@ -119,7 +119,7 @@ struct BusyDeviceSaveRestoreTests {
         stopClient.store(true, ordering: .relaxed)
         let reported = try reader.join()
         process.terminate()
-        process.waitUntilExit()
+        ChildExit.wait(for: process)
         #expect(reported.count > 20)
         #expect(reported == Array(stride(from: reported.first ?? 8, through: reported.last ?? 0, by: 8)),
                 "flush reports in order with none missing")

@@ -105,10 +105,10 @@ public final class TestNetwork: @unchecked Sendable {
         process.standardError = pipe
         try process.run()
         let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
+        let status = ChildExit.wait(for: process) ?? -1
         let output = String(decoding: data, as: UTF8.self)
-        guard process.terminationStatus == 0 else {
-            throw CommandFailed(command: command, status: process.terminationStatus, output: output)
+        guard status == 0 else {
+            throw CommandFailed(command: command, status: status, output: output)
         }
         return output
     }
