@@ -239,6 +239,54 @@ struct FencingProcessTests {
         #expect(standby.waitForExit(timeout: 30), "the standby is told goodbye")
     }
 
+    /// Fencing and re-protection together: the copy that took over (holding
+    /// generation 2) raises the generation before it runs without a standby,
+    /// is protected again by a standby started on the failed host, and when
+    /// it is killed in turn that standby takes the key with a higher
+    /// generation still (4, and 5 to run on alone), and the client is served
+    /// on, one history throughout.
+    @Test func aReprotectedGuestFailsBackWithAHigherGeneration() throws {
+        let etcd = try EtcdCluster()
+        let first = try EtcdCluster.freePort(), second = try EtcdCluster.freePort()
+        _ = try GuestPrograms.image("kvstore")
+        let image = GuestPrograms.packageRoot.appendingPathComponent("Guests/build/kvstore.elf").path
+        let network = try TestNetwork()
+        let taps = [try network.addTap(), try network.addTap()]
+        let fencing = ["--arbiter", etcd.url, "--guest-name", "g1", "--lease-time", Self.lease]
+        func standby(tap: String, port: UInt16, reprotect: UInt16) throws -> ChildProcess {
+            try ChildProcess("understudy-standby", ["--listen", "127.0.0.1:\(port)", "--tap", tap, "--heartbeat-timeout", "1s",
+                                                    "--reprotect", "127.0.0.1:\(reprotect)"] + fencing)
+        }
+        let taker = try standby(tap: taps[1], port: second, reprotect: first)
+        let primary = try ChildProcess("understudy-primary", [
+            "--standby", "127.0.0.1:\(second)", "--guest", image, "--cmdline", "ip=10.77.0.2 mask=255.255.255.0",
+            "--tap", taps[0], "--memory", "64M", "--epoch", "5ms", "--heartbeat-timeout", "1s"] + fencing)
+        #expect(eventually(timeout: 120) { primary.standardError.text.contains("protected by the standby") || !primary.isRunning },
+                "primary: \(primary.standardError.text)")
+        let client = try KVStoreWorldClient(network: network, timeout: 600)
+        #expect(eventually(timeout: 60) { client.replies >= 40 })
+        primary.signal(SIGKILL)
+        _ = primary.waitForExit()
+        #expect(eventually(timeout: 120) { taker.standardError.text.contains("generation 3: this copy runs on without its standby") },
+                "the copy that took over raised the generation before running alone: \(taker.standardError.text.suffix(3000))")
+        let back = try standby(tap: taps[0], port: first, reprotect: second)
+        #expect(eventually(timeout: 120) { taker.standardError.text.contains("protected by the standby") },
+                "protected again: \(taker.standardError.text.suffix(3000))")
+        Self.expectServed(client, "after re-protection: \(taker.standardError.text.suffix(2000))")
+        taker.signal(SIGKILL)
+        _ = taker.waitForExit()
+        Self.expectServed(client, "after failing back: \(back.standardError.text.suffix(3000))")
+        #expect(back.standardError.text.contains("taking over from checkpoint"))
+        // It took the key at generation 4, and raised it to 5 to run on without a standby.
+        #expect(eventually(timeout: 60) { back.standardError.text.contains("generation 5: this copy runs on without its standby") },
+                "\(back.standardError.text.suffix(3000))")
+        let arbiter = try EtcdArbiter(url: etcd.url, guest: "g1", leaseTime: .seconds(3))
+        #expect(try arbiter.holder().generation == 5)
+        Self.expectOneHistory(try client.stop())
+        back.signal(SIGTERM)
+        #expect(back.waitForExit(timeout: 60))
+    }
+
     /// A SIGKILLed primary with an arbiter: the standby takes over once the
     /// primary's lease ran out and serves the client on its connection.
     @Test func aKilledPrimaryIsReplacedAfterItsLease() throws {
