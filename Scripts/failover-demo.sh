@@ -14,9 +14,11 @@
 # With --linux the guest is Debian's own kernel running the journalling
 # kvstore (Scripts/linux-guest.sh) with a virtio-net card on a bridge and a
 # virtio-blk disk on each host; a client on this host holds one TCP connection
-# to it and writes a key every 0.2 s, through the kill and after it, then reads
+# to it and writes a key every 0.2 s, through the kill and after it; the guest
+# that took over is then protected again by a standby started on the first
+# host (--reprotect) and killed in turn, failing back there; the client reads
 # every key back, and the run's figures (boot, checkpoint rate and pause,
-# failover as the client saw it) are printed. A Linux guest needs a KVM that
+# each failover as the client saw it, re-protection) are printed. A Linux guest needs a KVM that
 # runs guest kernel code: on a kvm_pvm host (or none) it runs inside the KVM
 # box. --kvstore does the same with MicroVM's own kvstore guest (to compare).
 # Both need root (taps, a bridge).
