@@ -76,6 +76,19 @@ struct FencingProcessTests {
         print("fencing: the client saw \(log.acknowledged.count) acknowledged SETs, counter \(log.counter.last ?? 0), \(log.reconnects) reconnects")
     }
 
+    /// The primary kept the guest on one connection, the standby took nothing
+    /// over and released nothing; then both stop in order.
+    static func expectNoTakeoverAndStop(_ pair: Pair, client: KVStoreWorldClient) throws {
+        let (standby, primary) = (pair.standby, pair.primary)
+        #expect(standby.isRunning && pair.releasedByStandby == 0, "no takeover: \(standby.standardError.text.suffix(2000))")
+        let log = try client.stop()
+        expectOneHistory(log)
+        #expect(log.reconnects == 0, "the client's connection survived: \(log.lastFailure ?? "")")
+        primary.signal(SIGTERM)
+        #expect(primary.waitForExit())
+        #expect(standby.waitForExit(timeout: 30), "the standby is told goodbye")
+    }
+
     /// Issue test 1: only the replication link is cut; both still reach etcd.
     /// The standby loses its primary but cannot win the key (the primary keeps
     /// renewing); the primary, before it runs on alone, raises the generation,
@@ -157,7 +170,7 @@ struct FencingProcessTests {
         let etcdProxy = try DamagingProxy(to: SocketAddress(host: "127.0.0.1", port: etcd.members[0].clientPort))
         defer { etcdProxy.stop() }
         let pair = try Self.pair(standbyEtcd: etcd.url, primaryEtcd: "etcd://127.0.0.1:\(etcdProxy.port)") { $0.port }
-        let (standby, primary) = (pair.standby, pair.primary)
+        let primary = pair.primary
         let client = try Self.client(of: pair, timeout: 600)
         etcdProxy.cut()
         let lapsed = { primary.standardError.text.components(separatedBy: "grant LAPSED, output held").count - 1 }
@@ -170,13 +183,7 @@ struct FencingProcessTests {
         #expect(eventually(timeout: 60) { primary.standardError.text.contains("the guest's key is held again, with no takeover in between") },
                 "primary: \(primary.standardError.text.suffix(3000))")
         Self.expectServed(client, "\(primary.standardError.text.suffix(2000))")
-        #expect(standby.isRunning && pair.releasedByStandby == 0, "no takeover: \(standby.standardError.text.suffix(2000))")
-        let log = try client.stop()
-        Self.expectOneHistory(log)
-        #expect(log.reconnects == 0, "the client's connection survived: \(log.lastFailure ?? "")")
-        primary.signal(SIGTERM)
-        #expect(primary.waitForExit())
-        #expect(standby.waitForExit(timeout: 30), "the standby is told goodbye")
+        try Self.expectNoTakeoverAndStop(pair, client: client)
     }
 
     /// Issue test 3: the standby is cut off from etcd only; the primary is then
@@ -218,7 +225,7 @@ struct FencingProcessTests {
     @Test func losingTheEtcdLeaderChangesNothing() throws {
         let etcd = try EtcdCluster(size: 3)
         let pair = try Self.pair(standbyEtcd: etcd.url, primaryEtcd: etcd.url) { $0.port }
-        let (standby, primary) = (pair.standby, pair.primary)
+        let primary = pair.primary
         let client = try Self.client(of: pair)
         etcd.kill(try etcd.leader())
         let renewedAfter = { primary.standardError.text.components(separatedBy: "fenced: generation 1, grant valid").count - 1 }
@@ -230,13 +237,7 @@ struct FencingProcessTests {
         // host: output then waits, and the key is renewed with its generation.)
         #expect(!primary.standardError.text.contains("RUNNING UNPROTECTED") && !primary.standardError.text.contains("generation 2"),
                 "\(primary.standardError.text.suffix(3000))")
-        #expect(standby.isRunning && pair.releasedByStandby == 0, "no takeover: \(standby.standardError.text.suffix(2000))")
-        let log = try client.stop()
-        Self.expectOneHistory(log)
-        #expect(log.reconnects == 0, "the client's connection survived: \(log.lastFailure ?? "")")
-        primary.signal(SIGTERM)
-        #expect(primary.waitForExit())
-        #expect(standby.waitForExit(timeout: 30), "the standby is told goodbye")
+        try Self.expectNoTakeoverAndStop(pair, client: client)
     }
 
     /// Fencing and re-protection together: the copy that took over (holding
