@@ -82,6 +82,17 @@ let benchmarks: @Sendable () -> Void = {
         try failover.killPrimaryAndWaitForTakeover()
         benchmark.stopMeasurement()
     }
+    Benchmark("Re-protection at 5 ms: a standby started on the failed host to the guest that took over PROTECTED again (kvstore, 256 MiB)",
+              configuration: .init(metrics: [.wallClock], timeUnits: .milliseconds, warmupIterations: 0, maxDuration: .seconds(120),
+                                   maxIterations: 5)) { benchmark in
+        let failover = KVStoreProcesses(epoch: 5, reprotect: true)
+        try failover.start()
+        defer { failover.stop() }
+        try failover.killPrimaryAndWaitForTakeover()
+        benchmark.startMeasurement()
+        try failover.startStandbyOnTheFailedHostAndWaitForProtection()
+        benchmark.stopMeasurement()
+    }
 }
 
 struct Failure: Error { let what: String }
@@ -130,14 +141,19 @@ final class KVStoreProcesses: @unchecked Sendable {
     let epoch: Int?
     /// With fencing: both processes get `--arbiter` this etcd.
     let arbiter: String?
+    /// The standby gets `--reprotect` towards the primary's host.
+    let reprotect: Bool
     private var network: TestNetwork?
     private var standby: ChildProcess?
     private var primary: ChildProcess?
+    private var back: ChildProcess?
     private var connection: NamespaceSocket?
+    private var primaryTap = "", backPort: UInt16 = 0
 
-    init(epoch: Int?, arbiter: String? = nil) {
+    init(epoch: Int?, arbiter: String? = nil, reprotect: Bool = false) {
         self.epoch = epoch
         self.arbiter = arbiter
+        self.reprotect = reprotect
     }
 
     func start() throws {
@@ -145,11 +161,14 @@ final class KVStoreProcesses: @unchecked Sendable {
         let image = GuestPrograms.packageRoot.appendingPathComponent("Guests/build/kvstore.elf").path
         let network = try TestNetwork()
         let primaryTap = try network.addTap()
+        self.primaryTap = primaryTap
         var protection = ["--unprotected"]
         if let epoch {
             let standbyTap = try network.addTap()
             let fencing = arbiter.map { ["--arbiter", $0, "--guest-name", "bench", "--lease-time", "2s"] } ?? []
-            let standby = try ChildProcess("understudy-standby", ["--listen", "127.0.0.1:0", "--tap", standbyTap] + fencing)
+            backPort = try EtcdCluster.freePort()
+            let healing = reprotect ? ["--reprotect", "127.0.0.1:\(backPort)"] : []
+            let standby = try ChildProcess("understudy-standby", ["--listen", "127.0.0.1:0", "--tap", standbyTap] + fencing + healing)
             guard let port = standby.listeningPort() else { throw Failure(what: "standby: \(standby.standardError.text)") }
             protection = ["--standby", "127.0.0.1:\(port)", "--epoch", "\(epoch)ms"] + fencing
             self.standby = standby
@@ -183,14 +202,25 @@ final class KVStoreProcesses: @unchecked Sendable {
         guard try connection.command("GET bench") == "VALUE 42" else { throw Failure(what: "after failover") }
     }
 
+    /// After a takeover with `reprotect`: starts a standby on the failed
+    /// host's tap; returns when the copy that took over is protected by it
+    /// and the guest still answers on the same connection.
+    func startStandbyOnTheFailedHostAndWaitForProtection() throws {
+        guard reprotect, let standby, let connection else { throw Failure(what: "not started with reprotect") }
+        back = try ChildProcess("understudy-standby", ["--listen", "127.0.0.1:\(backPort)", "--tap", primaryTap])
+        guard eventually(timeout: 60, { standby.standardError.text.contains("protected by the standby") }) else {
+            throw Failure(what: "not protected again: \(standby.standardError.text.suffix(2000))")
+        }
+        guard try connection.command("GET bench") == "VALUE 42" else { throw Failure(what: "after re-protection") }
+    }
+
     func stop() {
         connection = nil
-        primary?.signal(SIGKILL)
-        standby?.signal(SIGKILL)
-        _ = primary?.waitForExit()
-        _ = standby?.waitForExit()
+        for process in [primary, standby, back] { process?.signal(SIGKILL) }
+        for process in [primary, standby, back] { _ = process?.waitForExit() }
         primary = nil
         standby = nil
+        back = nil
         network?.tearDown()
         network = nil
     }
