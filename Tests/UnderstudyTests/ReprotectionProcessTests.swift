@@ -75,4 +75,52 @@ struct ReprotectionProcessTests {
         #expect(active.waitForExit(timeout: 60), "the last active copy stops: \(active.standardError.text.suffix(2000))")
         #expect(standby.waitForExit(timeout: 60), "its standby is told goodbye: \(standby.standardError.text.suffix(2000))")
     }
+
+    /// The journal guest with a disk image on each host: after the takeover
+    /// the standby's image is the guest's disk, and re-protection copies it
+    /// to the standby on the failed host (whose image is stale) while the
+    /// guest writes. Killed again, the guest fails back there: every record
+    /// any copy reported flushed is on that image, intact, and the journal
+    /// goes on.
+    @Test func theDiskIsCopiedBackToTheFailedHost() throws {
+        _ = try GuestPrograms.image("journal")
+        let image = GuestPrograms.packageRoot.appendingPathComponent("Guests/build/journal.elf").path
+        let disks = [JournalImage.makeImage(megabytes: 64), JournalImage.makeImage(megabytes: 64)]
+        defer { for disk in disks { try? FileManager.default.removeItem(atPath: disk) } }
+        let ports = [try EtcdCluster.freePort(), try EtcdCluster.freePort()]
+        func standby(_ host: Int) throws -> ChildProcess {
+            try ChildProcess("understudy-standby", ["--listen", "127.0.0.1:\(ports[host])", "--disk", disks[host],
+                                                    "--heartbeat-timeout", "2s", "--reprotect", "127.0.0.1:\(ports[1 - host])"])
+        }
+        let taker = try standby(1)
+        #expect(taker.listeningPort() == ports[1])
+        let primary = try ChildProcess("understudy-primary", [
+            "--standby", "127.0.0.1:\(ports[1])", "--guest", image, "--disk", disks[0], "--memory", "32M",
+            "--cmdline", "flush_every=8", "--epoch", "5ms", "--heartbeat-timeout", "2s"])
+        defer { for process in [primary, taker] where process.isRunning { process.signal(SIGKILL) } }
+        #expect(eventually(timeout: 60) { primary.standardError.text.contains("protected by the standby") }, "primary: \(primary.standardError.text)")
+        #expect(eventually(timeout: 60) { JournalImage.flushed(in: primary.standardOutput.lines).count >= 20 })
+        primary.signal(SIGKILL)
+        _ = primary.waitForExit()
+        #expect(eventually(timeout: 60) { JournalImage.flushed(in: taker.standardOutput.lines).count >= 20 },
+                "the journal goes on on the standby: \(taker.standardError.text.suffix(2000))")
+        let back = try standby(0)
+        defer { if back.isRunning { back.signal(SIGKILL) } }
+        #expect(eventually(timeout: 120) { taker.standardError.text.contains("protected by the standby") },
+                "protected again, disk included: \(taker.standardError.text.suffix(3000))")
+        let before = JournalImage.flushed(in: taker.standardOutput.lines).count
+        #expect(eventually(timeout: 60) { JournalImage.flushed(in: taker.standardOutput.lines).count >= before + 20 })
+        taker.signal(SIGKILL)
+        _ = taker.waitForExit()
+        #expect(eventually(timeout: 60) { JournalImage.flushed(in: back.standardOutput.lines).count >= 20 },
+                "the journal goes on back on the first host: \(back.standardError.text.suffix(2000))")
+        back.signal(SIGTERM)
+        #expect(back.waitForExit(timeout: 60), "\(back.standardError.text.suffix(2000))")
+        let reported = [primary, taker, back].flatMap { JournalImage.flushed(in: $0.standardOutput.lines) }
+        let onDisk = try JournalImage.recordCount(path: disks[0])
+        print("re-protection with a disk: reported up to \(reported.max() ?? 0) (primary \(JournalImage.flushed(in: primary.standardOutput.lines).last ?? 0), " +
+              "taker \(JournalImage.flushed(in: taker.standardOutput.lines).last ?? 0)), \(onDisk) records on the first host's image")
+        #expect(onDisk >= reported.max() ?? .max,
+                "every record reported flushed is on the first host's image, intact (\(onDisk) records, reported up to \(reported.max() ?? 0))")
+    }
 }
