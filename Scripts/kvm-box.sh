@@ -116,10 +116,11 @@ build_box() {
     (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$box.tmp/initramfs.cpio.gz"
     cp "$box.tmp/kernel/boot/vmlinuz-$version" "$box.tmp/vmlinuz"
     echo "$kernel_package $MODULES_COPIED" > "$box.tmp/manifest"
+    init_sum > "$box.tmp/init.sum"
 
     rm -rf "$box"
     mkdir -p "$box"
-    mv "$box.tmp/vmlinuz" "$box.tmp/initramfs.cpio.gz" "$box.tmp/manifest" "$box/"
+    mv "$box.tmp/vmlinuz" "$box.tmp/initramfs.cpio.gz" "$box.tmp/manifest" "$box.tmp/init.sum" "$box/"
     rm -rf "$box.tmp"
     say "box ready: $(cat "$box/manifest")"
 }
@@ -154,6 +155,8 @@ mount -t tmpfs -o mode=1777 shm /host/dev/shm
 mount -t devpts -o newinstance,ptmxmode=0666 devpts /host/dev/pts
 mount -t 9p -o $p9 run /host/run/box || fail "mounting the run share failed"
 checkout=$(cat /host/run/box/checkout)
+# A checkout under /tmp or /run is under the box's own tmpfs: make its mount point there.
+mkdir -p "/host$checkout" 2>/dev/null
 mount -t 9p -o $p9 work "/host$checkout" || fail "mounting the checkout at $checkout failed"
 [ -e /host/dev/kvm ] || fail "no /dev/kvm in the box (kvm-amd did not load: is SVM emulated?)"
 ip link set lo up
@@ -166,7 +169,9 @@ reboot -f
 INIT
 }
 
-if [ ! -f "$vmlinuz" ] || [ ! -f "$initramfs" ]; then
+# The /init a cached box was built with: a box built by an older script is built again.
+init_sum() { write_init | md5sum | cut -d' ' -f1; }
+if [ ! -f "$vmlinuz" ] || [ ! -f "$initramfs" ] || [ "$(cat "$box/init.sum" 2>/dev/null)" != "$(init_sum)" ]; then
     build_box
 fi
 if [ "$prepare_only" = 1 ]; then
