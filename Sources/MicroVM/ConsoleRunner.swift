@@ -148,7 +148,7 @@ public enum ConsoleRunner {
             onSignal()
             machine.requestStop()
         }
-        defer { StopSignals.shared.onStop { _ in } }
+        defer { StopSignals.shared.hold() }
 
         try machine.start()
         do {

@@ -73,7 +73,15 @@ public enum StandbyRunner {
             fence = fencing.awaitTakeover(logger: logger, giveUp: { stopped.withLock { $0 } })
             if fence == nil { return stopped.withLock { $0 } ? 0 : 1 }
         }
-        StopSignals.shared.onStop { _ in }
+        // From here a stop signal is kept for the machine that takes over (it
+        // stops it at once); one that came before, as the primary was lost,
+        // stopped this standby: nothing is taken over.
+        StopSignals.shared.hold()
+        if case .primaryLost = outcome, stopped.withLock({ $0 }) {
+            logger.notice("the standby was stopped as its primary was lost: the guest is not taken over here")
+            fence?.stop(release: true)
+            return 0
+        }
         switch outcome {
         case .stopped:
             return 0
