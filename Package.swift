@@ -11,6 +11,7 @@ let package = Package(
         .library(name: "UnderstudyEtcd", targets: ["UnderstudyEtcd"]),
         .executable(name: "understudy-primary", targets: ["understudy-primary"]),
         .executable(name: "understudy-standby", targets: ["understudy-standby"]),
+        .executable(name: "understudy-ctl", targets: ["understudy-ctl"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -51,6 +52,11 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
+        ),
+
+        .executableTarget(
+            name: "understudy-ctl",
+            dependencies: ["Understudy", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
 
         // Tiny guest programs (machine code) and the long-mode setup they need,

@@ -57,3 +57,13 @@ int ckvm_install_stop_signal(int signo, int fd) {
     sigaddset(&set, signo);
     return pthread_sigmask(SIG_UNBLOCK, &set, NULL) == 0 ? 0 : -1;
 }
+
+#include <sys/socket.h>
+
+int ckvm_peer_uid(int fd, unsigned int *uid) {
+    struct ucred credentials;
+    socklen_t length = sizeof credentials;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &credentials, &length) < 0) return -1;
+    *uid = credentials.uid;
+    return 0;
+}

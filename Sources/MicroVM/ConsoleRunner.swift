@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Synchronization
 import Understudy
 
 /// Runs one machine in the foreground with its console on standard output until
@@ -39,8 +40,41 @@ public enum ConsoleRunner {
         case standby(PrimaryConfiguration)
     }
 
+    /// How the process goes on as a standby once it handed its guest over in
+    /// a planned switchover (`understudy-ctl switchover`), and where it is
+    /// controlled from.
+    public struct Hosting: Sendable {
+        /// Answers `understudy-ctl` (nil: no control socket).
+        public var control: ControlServer?
+        /// This host's standby side after a switchover: its listening
+        /// address, tap, disk and arbiter (`reprotect` is filled in with the
+        /// address the guest is handed to). Nil: no switchover from here.
+        public var standby: StandbyRunner.Options?
+        /// The socket to listen on as standby, kept from an earlier standby
+        /// phase of this process (nil: bind `standby.listen`).
+        var listener: TCPListener?
+        /// When the process started (for status).
+        public var started: ContinuousClock.Instant
+
+        public init(control: ControlServer? = nil, standby: StandbyRunner.Options? = nil, started: ContinuousClock.Instant = .now) {
+            self.control = control
+            self.standby = standby
+            self.started = started
+        }
+    }
+
+    /// How one phase as the guest's runner ended.
+    enum Outcome {
+        /// The process is done: its exit status.
+        case exited(Int32)
+        /// The guest was handed over: serve as its standby with this receiver.
+        case handedOver(StandbyReceiver, StandbyRunner.Options)
+    }
+
     /// Runs to the end. Returns the process exit status: the guest's exit code
     /// (clamped to 0...255), 0 after a signal, 1 when the machine failed.
+    /// After a planned switchover (with `hosting.standby`) the process goes on
+    /// as the guest's standby (`StandbyRunner.run`), until that ends.
     ///
     /// Console bytes and network frames go through one `OutputBuffer`: with a
     /// standby they are released when their checkpoint is acknowledged; without
@@ -50,7 +84,18 @@ public enum ConsoleRunner {
     /// writes a snapshot there (`MachineSnapshot`) before the machine stops: a
     /// later run with `.snapshot` continues it.
     public static func run(_ source: Source, protection: Protection = .unprotected, saveOnStop: String? = nil,
-                           logger: Logger) throws(MachineError) -> Int32 {
+                           hosting: Hosting = Hosting(), logger: Logger) throws(MachineError) -> Int32 {
+        switch try runGuest(source, protection: protection, saveOnStop: saveOnStop, hosting: hosting, logger: logger) {
+        case .exited(let status):
+            return status
+        case .handedOver(let receiver, let options):
+            return try StandbyRunner.run(options, receiver: receiver, hosting: hosting, logger: logger)
+        }
+    }
+
+    /// One phase of running the guest here (`run`).
+    static func runGuest(_ source: Source, protection: Protection, saveOnStop: String? = nil,
+                         hosting: Hosting, logger: Logger) throws(MachineError) -> Outcome {
         let world = WorldOutput(logger: logger)
         // Output is held from the start when a standby is to protect the guest,
         // except after a takeover: that guest already serves the world, and is
@@ -111,6 +156,28 @@ public enum ConsoleRunner {
         if case .takeover(_, _, let fence) = source { won = fence }
         let fence = primary?.configuration.fence ?? won
         fence?.start(gating: output) { [weak machine] _ in machine?.requestStop() }
+        // Control: status any time; a switchover hands the guest to the
+        // standby and makes this process that standby.
+        let handedOver = Mutex<(StandbyReceiver, StandbyRunner.Options)?>(nil)
+        hosting.control?.handler = { [weak machine] request in
+            switch request {
+            case .status:
+                return ControlReply(ok: true, status: hostStatus(primary, fence: fence, output: output, hosting: hosting))
+            case .stop:
+                StopSignals.shared.requestStop()
+                return ControlReply(ok: true, message: "stopping", status: hostStatus(primary, fence: fence, output: output, hosting: hosting))
+            case .switchover:
+                guard let primary, let machine else { return ControlReply(ok: false, message: "no standby protects this guest: nothing to switch over to") }
+                do {
+                    let (receiver, options, report) = try switchOver(primary, hosting: hosting, logger: logger)
+                    handedOver.withLock { $0 = (receiver, options) }
+                    machine.requestStop()
+                    return ControlReply(ok: true, message: "handed over to \(primary.configuration.standby) at checkpoint \(report.checkpoint) in \(report.pause.milliseconds) ms\(report.accepted ? "" : " (unconfirmed)"); this host is now its standby on \(options.listen)")
+                } catch {
+                    return ControlReply(ok: false, message: "\(error)", status: hostStatus(primary, fence: fence, output: output, hosting: hosting))
+                }
+            }
+        }
         // A signal ends replication in order first (the standby is told goodbye and
         // does not take over), then stops the machine.
         let status = try runToEnd(machine, logger: logger, onSignal: {
@@ -123,7 +190,31 @@ public enum ConsoleRunner {
             // The key goes (the standby may take over at once) unless another copy already has it.
             fence?.stop(release: true)
         }
-        return fence?.isSuperseded == true ? 1 : status
+        hosting.control?.handler = { _ in ControlReply(ok: false, message: "between roles; ask again") }
+        if let (receiver, options) = handedOver.withLock({ $0 }) { return .handedOver(receiver, options) }
+        return .exited(fence?.isSuperseded == true ? 1 : status)
+    }
+
+    /// The status `understudy-ctl status` shows for a guest running here.
+    static func hostStatus(_ primary: ReplicationPrimary?, fence: Fence?, output: OutputBuffer, hosting: Hosting) -> HostStatus {
+        let uptime = ContinuousClock.now - hosting.started
+        guard let primary else { return HostStatus(unprotectedWith: fence, output: output, uptime: uptime) }
+        return HostStatus(primary: primary, uptime: uptime, switchoverListen: hosting.standby?.listen)
+    }
+
+    /// A planned switchover: this host's standby side listens first (so the
+    /// new primary reaches it at once), then the guest is handed over.
+    static func switchOver(_ primary: ReplicationPrimary, hosting: Hosting,
+                           logger: Logger) throws -> (StandbyReceiver, StandbyRunner.Options, ReplicationPrimary.HandoverReport) {
+        guard var options = hosting.standby else {
+            throw MachineError.invalidConfiguration("this host has no address to serve as the standby from after a switchover (start it with --listen)")
+        }
+        options.reprotect = primary.configuration.standby
+        let receiver = try StandbyRunner.receiver(options, listener: hosting.listener, logger: logger)
+        let here = SocketAddress(host: options.listen.host, port: receiver.listener.port)
+        options.listen = here
+        let report = try primary.handOver(standby: here)
+        return (receiver, options, report)
     }
 
     /// Pauses `machine` and writes its snapshot to `path`, saying how it went.

@@ -62,6 +62,12 @@ final class StopSignals: @unchecked Sendable {
         if var byte = replay.map(UInt8.init(truncatingIfNeeded:)) { _ = write(writer, &byte, 1) }
     }
 
+    /// What SIGTERM does, asked for from inside the process (`understudy-ctl stop`).
+    func requestStop() {
+        var byte = UInt8(SIGTERM)
+        _ = write(writer, &byte, 1)
+    }
+
     /// Until the next `onStop`, a stop signal is kept rather than acted on.
     func hold() {
         lock.withLock { action = nil }

@@ -91,6 +91,12 @@ struct UnderstudyPrimary: ParsableCommand {
     @Option(help: "With --arbiter: the lease's time to live (at least 2s). Output stops within it when this host loses the arbiter; a takeover after a silent failure waits for it.")
     var leaseTime = "5s"
 
+    @Option(help: "Where this host listens as the guest's standby after a planned switchover (understudy-ctl switchover), HOST:PORT reachable from the standby's host. Without it no switchover starts here.")
+    var listen: String?
+
+    @Option(help: "Control socket for understudy-ctl (status, switchover, stop); 'none' for none. Default: /run/understudy/understudy-primary-PID.sock.")
+    var control: String?
+
     @Flag(help: "Log debug detail.")
     var verbose = false
 
@@ -100,6 +106,10 @@ struct UnderstudyPrimary: ParsableCommand {
         }
         if let standby {
             do { _ = try SocketAddress(parsing: standby) } catch { throw ValidationError("--standby: \(error)") }
+        }
+        if let listen {
+            guard standby != nil else { throw ValidationError("--listen is where a protected guest's host waits as standby after a switchover: give --standby too") }
+            do { _ = try SocketAddress(parsing: listen, listening: true) } catch { throw ValidationError("--listen: \(error)") }
         }
         guard let epochLength = DurationText.parse(epoch) else { throw ValidationError("cannot read epoch '\(epoch)' (try 1ms, 5ms, 25ms)") }
         guard epochLength >= EngineConfiguration.minimumEpoch else { throw ValidationError("--epoch must be at least 0.5ms") }
@@ -162,6 +172,8 @@ struct UnderstudyPrimary: ParsableCommand {
             source = .boot(configuration)
         }
         var protection = ConsoleRunner.Protection.unprotected
+        var hosting = ConsoleRunner.Hosting(control: ControlServer.open(option: control, program: "understudy-primary", logger: logger))
+        defer { hosting.control?.stop() }
         if let standby, let address = try? SocketAddress(parsing: standby) {
             let engine = EngineConfiguration(epoch: DurationText.parse(epoch) ?? .milliseconds(5), level: CodecLevel(rawValue: codec) ?? .auto)
             var replication = PrimaryConfiguration(standby: address, engine: engine,
@@ -181,11 +193,20 @@ struct UnderstudyPrimary: ParsableCommand {
                 logger.warning("\(Fence.unfencedWarning) (no --arbiter)")
             }
             protection = .standby(replication)
+            // After a switchover this host is the standby: same tap, disk and arbiter.
+            if let listen, let here = try? SocketAddress(parsing: listen, listening: true) {
+                var options = StandbyRunner.Options(listen: here, heartbeatTimeout: replication.heartbeatTimeout, tap: tap, disk: diskConfiguration)
+                options.statusInterval = replication.statusInterval
+                if let arbiter, let guestName, let etcd = try? EtcdArbiter(url: arbiter, guest: guestName, leaseTime: DurationText.parse(leaseTime) ?? .seconds(5)) {
+                    options.fencing = StandbyFencing(arbiter: etcd, holder: EtcdArbiter.processName)
+                }
+                hosting.standby = options
+            }
         } else {
             logger.warning("running unprotected (--unprotected): a failure of this host loses the guest")
         }
         do {
-            let status = try ConsoleRunner.run(source, protection: protection, saveOnStop: saveOnStop, logger: logger)
+            let status = try ConsoleRunner.run(source, protection: protection, saveOnStop: saveOnStop, hosting: hosting, logger: logger)
             throw ExitCode(status)
         } catch let error as MachineError {
             logger.error("\(error)")

@@ -17,7 +17,8 @@ struct UnderstudyStandby: ParsableCommand {
             stops sending (no frame for --heartbeat-timeout, a dropped connection, or a bad frame), the guest \\
             resumes here from the last committed checkpoint: the last epoch's output is released, and the \\
             guest's console continues on this process's standard output. A primary that stops in order says \\
-            goodbye and the standby exits without taking over.
+            goodbye and the standby exits without taking over. A planned switchover (understudy-ctl switchover, \\
+            sent to the primary) hands the guest over here at once; the old primary becomes this guest's standby.
             """
     )
 
@@ -47,6 +48,9 @@ struct UnderstudyStandby: ParsableCommand {
 
     @Option(help: "With --reprotect: between status lines after the takeover (e.g. 10s).")
     var statusInterval = "10s"
+
+    @Option(help: "Control socket for understudy-ctl (status, switchover, stop); 'none' for none. Default: /run/understudy/understudy-standby-PID.sock.")
+    var control: String?
 
     @Flag(help: "Log debug detail.")
     var verbose = false
@@ -89,7 +93,9 @@ struct UnderstudyStandby: ParsableCommand {
         }
         do {
             let receiver = try StandbyRunner.receiver(options, logger: logger)
-            throw ExitCode(try StandbyRunner.run(options, receiver: receiver, logger: logger))
+            let hosting = ConsoleRunner.Hosting(control: ControlServer.open(option: control, program: "understudy-standby", logger: logger))
+            defer { hosting.control?.stop() }
+            throw ExitCode(try StandbyRunner.run(options, receiver: receiver, hosting: hosting, logger: logger))
         } catch let error as WireError {
             logger.error("\(error)")
             throw ExitCode(1)

@@ -198,6 +198,12 @@ int ckvm_punch_hole(int fd, long long offset, long long length);
 /// mask inherited from a parent may have it blocked). -1 and errno on failure.
 int ckvm_install_stop_signal(int signo, int fd);
 
+// MARK: - Unix sockets
+
+/// The user id of the process at the other end of the unix socket `fd`
+/// (SO_PEERCRED) into *uid; 0 on success, -1 with errno set.
+int ckvm_peer_uid(int fd, unsigned int *uid);
+
 // MARK: - CRC-32C (Castagnoli), hardware-accelerated where the CPU has SSE4.2
 
 static inline uint32_t ckvm_crc32c_sw(uint32_t crc, const uint8_t *p, size_t n) {

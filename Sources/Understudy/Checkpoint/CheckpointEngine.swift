@@ -75,6 +75,8 @@ public final class CheckpointEngine: @unchecked Sendable {
     private let ready = DispatchSemaphore(value: 0)
     private let queue = Mutex<[Int]>([])
     private let stopping = Atomic<Bool>(false)
+    /// Set by `stopLeavingGuestPaused()`: one last checkpoint, and no resume.
+    private let leavePaused = Atomic<Bool>(false)
     private let epochDone = Atomic<Bool>(false)
     /// Ends the current epoch early (the disk log reached its epoch budget).
     private let epochWake = DispatchSemaphore(value: 0)
@@ -223,6 +225,18 @@ public final class CheckpointEngine: @unchecked Sendable {
         if let error = failure.withLock({ $0 }) { throw error }
     }
 
+    /// Stops like `stop()`, but with one more checkpoint taken after the last
+    /// epoch, and the guest left paused (`pauseForCheckpoint()` without its
+    /// resume): the guest's final state, for a planned switchover. The caller
+    /// either never runs the guest here again or, to abandon the switchover,
+    /// calls `resumeAfterCheckpoint()` and `completeCheckpoint()` itself. When
+    /// this throws, the guest was resumed (or never paused).
+    public func stopLeavingGuestPaused() throws {
+        leavePaused.store(true, ordering: .relaxed)
+        defer { leavePaused.store(false, ordering: .relaxed) }
+        try stop()
+    }
+
     /// Per-epoch figures of the most recent epochs (at most `EpochLog.defaultCapacity`), oldest first.
     public var statistics: [EpochStatistics] { stats.withLock { $0.recent } }
     /// Epochs delivered so far.
@@ -302,8 +316,32 @@ public final class CheckpointEngine: @unchecked Sendable {
             while epochWake.wait(timeout: .now()) == .success {}
             deadline = max(deadline + configuration.epoch, clock.now)
         }
+        if leavePaused.load(ordering: .relaxed), failure.withLock({ $0 }) == nil { captureFinal(into: turn) }
         epochDone.store(true, ordering: .sequentiallyConsistent)
         ready.signal()
+    }
+
+    /// The last checkpoint of `stopLeavingGuestPaused()`: the guest is paused
+    /// and stays so. On failure it is resumed and the error kept for `stop()`.
+    private func captureFinal(into turn: Int) {
+        free.wait()
+        let staged = buffers[turn]
+        let clock = ContinuousClock()
+        let started = clock.now
+        do {
+            try machine.pauseForCheckpoint()
+            let stopped = clock.now
+            var breakdown = try captureWhilePaused(into: staged)
+            breakdown.stop = stopped - started
+            pending.withLock { $0[staged.sequence] = (clock.now - started, staged.count, false, false, breakdown) }
+            queue.withLock { $0.append(turn) }
+            ready.signal()
+        } catch {
+            failure.withLock { if $0 == nil { $0 = error } }
+            try? machine.resumeAfterCheckpoint()
+            try? machine.completeCheckpoint()
+            free.signal()
+        }
     }
 
     private func encoderLoop() {

@@ -74,6 +74,42 @@ public final class ReplicationPrimary: @unchecked Sendable {
         case failed
         /// Stopped.
         case stopped
+        /// Handed to the standby in a planned switchover (`handOver(standby:)`):
+        /// the standby runs the guest now, which never runs here again.
+        case handedOver = "handed-over"
+    }
+
+    /// What a planned switchover did.
+    public struct HandoverReport: Sendable {
+        /// The last checkpoint: taken with the guest paused, acknowledged, and
+        /// the state the standby resumes.
+        public var checkpoint: UInt64
+        /// From the request to the standby's acceptance (the guest ran on
+        /// until the end of its epoch, then stayed paused): what the world
+        /// waits, plus the standby's start of the guest.
+        public var pause: Duration
+        /// Whether the standby answered. Without an answer it takes over all
+        /// the same (the connection closes), and the guest stays paused here.
+        public var accepted: Bool
+    }
+
+    /// Why a planned switchover did not happen; the guest runs on here.
+    public enum HandoverError: Error, Sendable, Equatable, CustomStringConvertible {
+        /// Only a protected guest can be handed over.
+        case notProtected(Status)
+        /// Another switchover is under way.
+        case inProgress
+        /// The standby did not take the final checkpoint (lost, slow, or it
+        /// refused): the guest was resumed here.
+        case abandoned(String)
+
+        public var description: String {
+            switch self {
+            case .notProtected(let status): "the guest is \(status.rawValue), not protected: no standby to hand it to"
+            case .inProgress: "a switchover is already under way"
+            case .abandoned(let why): "switchover abandoned, the guest runs on here: \(why)"
+            }
+        }
     }
 
     /// How long an orderly stop waits, at most, for a live standby to
@@ -97,6 +133,25 @@ public final class ReplicationPrimary: @unchecked Sendable {
     /// Totals of finished sessions' engines, and the newest finished one's recent epochs.
     private let past = Mutex<(totals: EpochTotals, recent: [EpochStatistics])>((EpochTotals(), []))
     private let wire = Mutex<(bytes: Int, checkpoints: Int)>((0, 0))
+    /// A switchover asked for and not yet done or refused.
+    private let handoverRequest = Mutex<HandoverRequest?>(nil)
+    private let handedOver = Atomic<Bool>(false)
+    /// When the newest acknowledgement arrived.
+    private let lastAck = Mutex<ContinuousClock.Instant?>(nil)
+
+    private final class HandoverRequest: @unchecked Sendable {
+        let standby: SocketAddress?
+        private let done = DispatchSemaphore(value: 0)
+        private let outcome = Mutex<Result<HandoverReport, HandoverError>?>(nil)
+        init(standby: SocketAddress?) { self.standby = standby }
+        func finish(_ result: Result<HandoverReport, HandoverError>) {
+            if outcome.withLock({ value in defer { if value == nil { value = result } }; return value == nil }) { done.signal() }
+        }
+        func wait() -> Result<HandoverReport, HandoverError> {
+            done.wait()
+            return outcome.withLock { $0 } ?? .failure(.abandoned("no outcome"))
+        }
+    }
 
     /// Called once, from a replication thread, when this host cannot go on
     /// checkpointing the guest (a capture failed while the guest runs): the VMM
@@ -128,6 +183,40 @@ public final class ReplicationPrimary: @unchecked Sendable {
     }
     /// Bytes and checkpoints sent on the wire, all sessions.
     public var wireTotals: (bytes: Int, checkpoints: Int) { wire.withLock { $0 } }
+    /// Checkpoints and bytes per second and pause quantiles over the last
+    /// few seconds (nil before replication has run two seconds).
+    public var rates: ReplicationRates? { reporter.withLock { $0 }?.rates }
+    private let reporter = Mutex<StatusReport?>(nil)
+    /// When the current standby last acknowledged a checkpoint.
+    public var lastAcknowledgement: ContinuousClock.Instant? { lastAck.withLock { $0 } }
+
+    /// A planned switchover: the guest runs to the end of its epoch, one last
+    /// checkpoint is taken with it paused, and once the standby has
+    /// acknowledged every checkpoint (so all output is released) the standby
+    /// is told to take over, with `standby` as where this host now waits as
+    /// its standby (nil: nowhere). From the moment the handover is sent the
+    /// guest never runs here again, whether or not the standby answers: an
+    /// unanswered handover ends the connection, which makes the standby take
+    /// over anyway (never two copies). With fencing, the guest's key is
+    /// released first, so the standby wins it at once.
+    ///
+    /// Returns once the standby accepted (status `.handedOver`); the VMM then
+    /// stops its machine (`stop()` says no goodbye). Throws, with the guest
+    /// running on here, when it is not protected or the standby did not take
+    /// the last checkpoint (the session then starts anew).
+    public func handOver(standby: SocketAddress?) throws(HandoverError) -> HandoverReport {
+        guard status == .protected else { throw .notProtected(status) }
+        let request = HandoverRequest(standby: standby)
+        guard handoverRequest.withLock({ value in defer { if value == nil { value = request } }; return value == nil }) else { throw .inProgress }
+        defer { handoverRequest.withLock { $0 = nil } }
+        wake.signal()
+        return try request.wait().get()
+    }
+
+    /// Ends a pending switchover request that no session will carry out.
+    private func refusePendingHandover(_ why: String) {
+        handoverRequest.withLock { $0 }?.finish(.failure(.abandoned(why)))
+    }
 
     /// Starts the supervisor thread; the machine must be running.
     public func start() throws(EngineError) {
@@ -188,15 +277,17 @@ public final class ReplicationPrimary: @unchecked Sendable {
     }
 
     private func supervise() {
-        let report = configuration.statusInterval.map { StatusReport(primary: self, interval: $0, logger: logger) }
-        report?.start()
-        defer { report?.stop() }
+        let report = StatusReport(primary: self, interval: configuration.statusInterval, logger: logger)
+        reporter.withLock { $0 = report }
+        report.start()
+        defer { report.stop() }
         // Output is held while first trying to reach a standby, and after a
         // session ended for a resync while the standby is reached again; after
         // that the guest runs on unprotected, and the log says so.
         var holdUntil = ContinuousClock.now + configuration.initialHold
         var resyncing = false
         while !stopping.load(ordering: .relaxed) {
+            refusePendingHandover("the standby's session ended")
             let link: FrameConnection
             let resume: Bool
             do {
@@ -234,7 +325,10 @@ public final class ReplicationPrimary: @unchecked Sendable {
                 }
             }
         }
-        if let reason = abandoned.withLock({ $0 }) {
+        refusePendingHandover("replication is stopping")
+        if handedOver.load(ordering: .relaxed) {
+            setStatus(.handedOver)
+        } else if let reason = abandoned.withLock({ $0 }) {
             logger.critical("replication abandoned: this host can no longer run the guest; the standby takes over from its last committed checkpoint and this host releases no output again",
                             metadata: ["reason": "\(reason)"])
             setStatus(.failed)
@@ -287,6 +381,61 @@ public final class ReplicationPrimary: @unchecked Sendable {
         return (link, resume)
     }
 
+    /// The switchover's steps inside a session (`handOver(standby:)`). On
+    /// failure the guest runs again here and the caller ends the session.
+    private func handOver(_ request: HandoverRequest, engine: CheckpointEngine, link: FrameConnection, sentThrough: () -> UInt64?,
+                          lost: () -> String?, accepted: () -> Bool) -> Result<HandoverReport, HandoverError> {
+        let clock = ContinuousClock()
+        let began = clock.now
+        logger.notice("switchover: taking the last checkpoint with the guest paused", metadata: ["to": "\(configuration.standby)"])
+        do {
+            try engine.stopLeavingGuestPaused()
+        } catch {
+            return .failure(.abandoned("the last checkpoint failed: \(error)"))
+        }
+        let resume = { [machine] in
+            try? machine.resumeAfterCheckpoint()
+            try? machine.completeCheckpoint()
+        }
+        // Every checkpoint acknowledged (so its output is out) before the standby is told.
+        guard let last = sentThrough() else {
+            resume()
+            return .failure(.abandoned("no checkpoint reached the standby"))
+        }
+        let deadline = clock.now + max(configuration.heartbeatTimeout * 5, .seconds(2))
+        while state.withLock({ $0.acked }).map({ $0 < last }) ?? true, lost() == nil, clock.now < deadline {
+            Thread.sleep(forTimeInterval: 0.0005)
+        }
+        guard state.withLock({ $0.acked }) == last, lost() == nil else {
+            resume()
+            return .failure(.abandoned(lost() ?? "the standby did not acknowledge the last checkpoint within \((deadline - began).milliseconds) ms"))
+        }
+        // From here the guest never runs here again. Output held here now
+        // (a lapsed grant holds it) is the standby's to release.
+        output.seal()
+        handedOver.store(true, ordering: .relaxed)
+        stopping.store(true, ordering: .relaxed)
+        configuration.fence?.stop(release: true)
+        let handover = Handover(releasedThrough: output.releasedThrough, standby: request.standby)
+        do {
+            try link.send(Frame(.handover, sequence: last, payload: handover.payload))
+        } catch {
+            logger.warning("switchover: sending the handover failed (\(error)); the standby takes over when it sees the connection end")
+        }
+        let answerBy = clock.now + max(configuration.heartbeatTimeout * 5, .seconds(2))
+        while !accepted(), lost() == nil, clock.now < answerBy { _ = wake.wait(timeout: .now() + .milliseconds(5)) }
+        let report = HandoverReport(checkpoint: last, pause: clock.now - began, accepted: accepted())
+        if report.accepted {
+            logger.notice("switchover: the standby took the guest over", metadata: [
+                "checkpoint": "\(last)", "time": "\(report.pause.milliseconds) ms",
+                "standby-here": "\(request.standby.map(String.init(describing:)) ?? "none")"])
+        } else {
+            logger.critical("switchover: the standby did not confirm the handover; it takes over when the connection ends, and the guest stays stopped here",
+                            metadata: ["checkpoint": "\(last)"])
+        }
+        return .success(report)
+    }
+
     /// The whole disk image to a new standby while the guest runs (writes made
     /// meanwhile are tracked and resent; the rest rides in checkpoint 0).
     private func copyDisk(_ disk: DiskWriteLog, over link: FrameConnection) throws {
@@ -331,6 +480,7 @@ public final class ReplicationPrimary: @unchecked Sendable {
         let resyncReason = Mutex<String?>(nil)
         let sentThrough = Mutex<UInt64?>(nil)
         let sendFailed = Atomic<Bool>(false)
+        let handoverAccepted = Atomic<Bool>(false)
         let markLost: @Sendable (String) -> Void = { [wake] reason in
             let first = lost.withLock { value in
                 defer { if value == nil { value = reason } }
@@ -424,11 +574,15 @@ public final class ReplicationPrimary: @unchecked Sendable {
                         }
                         guard lost.withLock({ $0 }) == nil else { return }
                         state.withLock { $0.acked = frame.sequence }
+                        lastAck.withLock { $0 = .now }
                         configuration.disk?.acknowledge(through: frame.sequence)
                         output.commit(upTo: frame.sequence)
                         if frame.sequence == 0 { setStatus(.protected) }
                     case .heartbeat:
                         continue
+                    case .handover:
+                        handoverAccepted.store(true, ordering: .relaxed)
+                        wake.signal()
                     case .resync:
                         markResync("the standby asked: \(String(decoding: frame.payload.prefix(1024), as: UTF8.self))", false)
                     case .goodbye, .refuse:
@@ -498,7 +652,22 @@ public final class ReplicationPrimary: @unchecked Sendable {
                 markLost("\(error)")
             }
         }
-        while lost.withLock({ $0 }) == nil && !stopping.load(ordering: .relaxed) { wake.wait() }
+        while lost.withLock({ $0 }) == nil && !stopping.load(ordering: .relaxed) && handoverRequest.withLock({ $0 }) == nil { wake.wait() }
+
+        if let request = handoverRequest.withLock({ $0 }), lost.withLock({ $0 }) == nil, !stopping.load(ordering: .relaxed) {
+            let outcome = handOver(request, engine: engine, link: link, sentThrough: { sentThrough.withLock { $0 } },
+                                   lost: { lost.withLock { $0 } }, accepted: { handoverAccepted.load(ordering: .relaxed) })
+            request.finish(outcome)
+            if case .success = outcome {
+                heartbeats.stop()
+                markLost("handed over")
+                configuration.disk?.stopRecording()
+                let (totals, recent) = (engine.totals, engine.statistics)
+                state.withLock { $0.engine = nil; past.withLock { $0 = ($0.totals + totals, recent) } }
+                return .ended
+            }
+            if lost.withLock({ $0 }) == nil, case .failure(let error) = outcome { markResync("\(error)", true) }
+        }
 
         var end = SessionEnd.ended
         if abandoned.withLock({ $0 }) != nil {

@@ -73,7 +73,37 @@ public final class StandbyReceiver: @unchecked Sendable {
         case goodbye(reason: String)
         /// `stop()` was called.
         case stopped
+        /// The primary handed the guest over in a planned switchover (every
+        /// checkpoint committed, its guest paused for good): take over at once,
+        /// and protect the guest with the standby the handover names.
+        case handedOver(Handover)
     }
+
+    /// Where the standby stands, for status queries from any thread.
+    public struct Progress: Sendable {
+        public enum Phase: String, Sendable {
+            /// No primary connected.
+            case waiting
+            /// A primary connected; its full image has not committed yet.
+            case synchronizing
+            /// Checkpoints commit: the guest is protected.
+            case protecting
+            /// The last session ended for a resync; the primary is expected back.
+            case resyncing
+        }
+        public var phase: Phase = .waiting
+        /// The connected primary.
+        public var primary: String?
+        /// The newest committed checkpoint, and when it committed.
+        public var committed: UInt64?
+        public var committedAt: ContinuousClock.Instant?
+        /// Sessions served (handshakes accepted).
+        public var sessions = 0
+    }
+
+    /// Where the standby stands now (safe from any thread).
+    public var progress: Progress { progressState.withLock { $0 } }
+    private let progressState = Mutex(Progress())
 
     public let configuration: StandbyConfiguration
     public let listener: TCPListener
@@ -107,11 +137,17 @@ public final class StandbyReceiver: @unchecked Sendable {
     private let stopping = Atomic<Bool>(false)
     private let current = Mutex<FrameConnection?>(nil)
 
-    /// Binds the listening socket at once (so a caller knows the port).
-    public init(configuration: StandbyConfiguration, logger: Logger) throws(WireError) {
+    /// Binds the listening socket at once (so a caller knows the port), or
+    /// takes `listener`, bound earlier (a host that was standby before, with
+    /// its socket kept while it ran the guest).
+    public init(configuration: StandbyConfiguration, listener: TCPListener? = nil, logger: Logger) throws(WireError) {
         self.configuration = configuration
         self.logger = logger
-        listener = try TCPListener(address: configuration.listen)
+        if let listener {
+            self.listener = listener
+        } else {
+            self.listener = try TCPListener(address: configuration.listen)
+        }
     }
 
     /// Makes `run()` return `.stopped` soon.
@@ -125,6 +161,7 @@ public final class StandbyReceiver: @unchecked Sendable {
         case primaryLost(String)
         case goodbye(String)
         case resync(String)
+        case handover(Handover)
         case stopped
     }
 
@@ -159,6 +196,10 @@ public final class StandbyReceiver: @unchecked Sendable {
             let end = serve(link, established: { resyncBy = nil })
             current.withLock { $0 = nil }
             link.shutdown()
+            progressState.withLock {
+                $0.primary = nil
+                if case .resync? = end { $0.phase = .resyncing } else if end != nil { $0.phase = .waiting }
+            }
             switch end {
             case nil:
                 continue
@@ -173,6 +214,8 @@ public final class StandbyReceiver: @unchecked Sendable {
                 return .primaryLost(reason: reason)
             case .goodbye(let reason)?:
                 return .goodbye(reason: reason)
+            case .handover(let handover)?:
+                return .handedOver(handover)
             case .stopped?:
                 return .stopped
             }
@@ -191,6 +234,11 @@ public final class StandbyReceiver: @unchecked Sendable {
             return nil
         }
         established()
+        progressState.withLock {
+            $0.phase = resuming ? .resyncing : .synchronizing
+            $0.primary = "\(link.peer)"
+            $0.sessions += 1
+        }
         current.withLock { $0 = link }
         if stopping.load(ordering: .relaxed) { return .stopped }
         logger.info("primary connected", metadata: ["peer": "\(link.peer)", "session": "\(accepted.sessionText)",
@@ -369,6 +417,8 @@ public final class StandbyReceiver: @unchecked Sendable {
                 try writePrecopy(frame, replica: replica, reported: &reportedTenth)
             case .goodbye, .resync:
                 if let end = ending(frame, on: link) { return end }
+            case .handover:
+                return try acceptHandover(frame, on: link, assembling: assembler.inProgress)
             case .checkpointBegin, .checkpointData, .checkpointEnd:
                 guard let (checkpoint, releasedThrough) = try assembler.take(frame) else {
                     let (received, total) = assembler.progress
@@ -380,6 +430,11 @@ public final class StandbyReceiver: @unchecked Sendable {
                 }
                 try replica.apply(checkpoint)
                 lastCommit = .now
+                progressState.withLock {
+                    $0.phase = .protecting
+                    $0.committed = checkpoint.sequence
+                    $0.committedAt = lastCommit
+                }
                 // A session's first (full) checkpoint carries all output its
                 // primary still held, the previous session's unreleased epochs too.
                 if checkpoint.isFull { unreleasedOutput = [] }
@@ -396,6 +451,23 @@ public final class StandbyReceiver: @unchecked Sendable {
             }
         }
         return .stopped
+    }
+
+    /// A planned switchover: taken only when every checkpoint the primary
+    /// sent is committed here, whole and intact (else it is a protocol error:
+    /// a resync, no takeover). Output the primary released is not released
+    /// again. The answer may be lost: the primary never resumes its guest
+    /// after sending the handover either way.
+    private func acceptHandover(_ frame: Frame, on link: FrameConnection, assembling: Bool) throws -> SessionEnd {
+        guard let replica, !assembling, replica.committedSequence == frame.sequence, replica.isIntact else {
+            throw WireError.unexpected("handover at checkpoint \(frame.sequence), but this standby committed \(replica?.committedSequence.map(String.init) ?? "none")\(assembling ? " and is receiving another" : "")")
+        }
+        let handover = try Handover(payload: frame.payload)
+        if let released = handover.releasedThrough { unreleasedOutput.removeAll { $0.sequence <= released } }
+        logger.notice("the primary hands the guest over (planned switchover): taking over from checkpoint \(frame.sequence)",
+                      metadata: ["standby-there": "\(handover.standby.map(String.init(describing:)) ?? "none")"])
+        try? link.send(Frame(.handover))
+        return .handover(handover)
     }
 
     /// While a session runs, other connections get an immediate refusal rather

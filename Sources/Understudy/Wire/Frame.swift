@@ -39,6 +39,12 @@ public struct Frame: Sendable, Equatable {
         /// first page number u32, then whole pages). Checkpoint 0 then carries
         /// only the pages dirtied since the copy began.
         case memoryData = 12
+        /// Primary -> standby: a planned switchover (`Handover`): every
+        /// checkpoint sent is acknowledged, the last one (sequence) was taken
+        /// with the guest paused, and the guest never runs on the primary
+        /// again; the standby takes over at once. Standby -> primary, empty:
+        /// the handover is accepted.
+        case handover = 13
     }
 
     public static let magic: UInt32 = 0x5052_5355          // "USRP" little-endian

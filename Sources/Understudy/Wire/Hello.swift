@@ -5,7 +5,7 @@ import KVM
 public struct Hello: Sendable, Equatable {
     /// 2: the guest id, the resume flag, and the `resync` frame. 3: the
     /// primary's resume flag (a standby keeps its replica only when asked).
-    public static let protocolVersion: UInt16 = 3
+    public static let protocolVersion: UInt16 = 4
     public static let payloadSize = 76 + Platform.size
 
     public var version: UInt16
