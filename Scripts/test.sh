@@ -52,6 +52,7 @@ set -e
 # the host read-only).
 "${build[@]}" --product understudy-primary >/dev/null
 "${build[@]}" --product understudy-standby >/dev/null
+"${build[@]}" --product understudy-ctl >/dev/null
 Scripts/build-guests.sh | tail -n 1
 # The Linux guest (Debian's kernel and an initramfs), fetched and built here:
 # the box has no network.
@@ -92,7 +93,7 @@ if [ "$in_box" = 0 ] && [ "$(kvm_module)" = kvm_pvm ] && [ $# -eq 0 ] && [ "${UN
     "${box_build[@]}" --build-tests 2>&1 | grep -vE '^\[[0-9]+/[0-9]+\] (Compiling|Write|Emitting|Linking|Applying)'
     box_status=${PIPESTATUS[0]}
     if [ "$box_status" = 0 ]; then
-        "${box_build[@]}" --product understudy-primary >/dev/null && "${box_build[@]}" --product understudy-standby >/dev/null
+        "${box_build[@]}" --product understudy-primary >/dev/null && "${box_build[@]}" --product understudy-standby >/dev/null && "${box_build[@]}" --product understudy-ctl >/dev/null
         box_bin=$("${box_build[@]}" --show-bin-path)
         Scripts/kvm-box.sh -- "$box_bin/UnderstudyPackageTests.xctest" --testing-library swift-testing --no-parallel \
             --filter "$linux_suites" 2>&1 | tee -a "$log"

@@ -42,6 +42,8 @@ public final class OutputBuffer: @unchecked Sendable {
     private var consoleDroppedTotal = 0
     private var released: UInt64?
     private var sealed = false
+    /// Set by `suspendReleases()`.
+    private var suspended = false
     private var currentEpoch: UInt64 = 0
     private var protected: Bool
     /// The current epoch's records, encoded as they arrive (what `closeEpoch` hands out).
@@ -94,7 +96,7 @@ public final class OutputBuffer: @unchecked Sendable {
             lock.unlock()
             return
         }
-        if !protected, held.isEmpty, gate?() ?? true {
+        if !protected, held.isEmpty, !suspended, gate?() ?? true {
             lock.unlock()
             releasing.withLock { release(kind, Array(bytes)) }
             return
@@ -167,7 +169,7 @@ public final class OutputBuffer: @unchecked Sendable {
     @discardableResult
     private func releaseDue() -> Int {
         lock.lock()
-        guard !sealed, gate?() ?? true else {
+        guard !sealed, !suspended, gate?() ?? true else {
             lock.unlock()
             return 0
         }
@@ -187,6 +189,23 @@ public final class OutputBuffer: @unchecked Sendable {
         for item in out { release(item.record.kind, item.record.bytes) }
         if let mark { lock.withLock { if protected, released.map({ $0 < mark }) ?? true { released = mark } } }
         return out.count
+    }
+
+    /// Until `resumeReleases()`, nothing leaves, acknowledged or not: a
+    /// planned switchover, whose standby releases what this host did not
+    /// (`releasedThrough` is exact once this returns). The world then hears
+    /// the guest's next output from the standby, after it announced itself,
+    /// so what the world sends in answer goes there and is not lost here.
+    public func suspendReleases() {
+        releasing.withLock { lock.withLock { suspended = true } }
+    }
+
+    /// Releases are allowed again (a switchover was abandoned), and what is due goes now.
+    public func resumeReleases() {
+        releasing.withLock {
+            lock.withLock { suspended = false }
+            releaseDue()
+        }
     }
 
     /// Accounts for a record that left the buffer (lock held).

@@ -62,7 +62,9 @@ public final class ReplicationPrimary: @unchecked Sendable {
     public enum Status: String, Sendable {
         /// Trying to reach the standby for the first time; output is held.
         case connecting
-        /// The standby is receiving the full image; output is held.
+        /// The standby is receiving the full image; output is held (a guest
+        /// that ran unprotected until now keeps releasing it until just before
+        /// checkpoint 0, after the disk and RAM copies).
         case synchronizing
         /// The standby has committed a checkpoint; output is released on acknowledgement.
         case protected
@@ -388,14 +390,19 @@ public final class ReplicationPrimary: @unchecked Sendable {
         let clock = ContinuousClock()
         let began = clock.now
         logger.notice("switchover: taking the last checkpoint with the guest paused", metadata: ["to": "\(configuration.standby)"])
+        // From now the standby releases the output: the world's answers to it
+        // then go to the standby, not to this host, which stops listening.
+        output.suspendReleases()
         do {
             try engine.stopLeavingGuestPaused()
         } catch {
+            output.resumeReleases()
             return .failure(.abandoned("the last checkpoint failed: \(error)"))
         }
-        let resume = { [machine] in
+        let resume = { [machine, output] in
             try? machine.resumeAfterCheckpoint()
             try? machine.completeCheckpoint()
+            output.resumeReleases()
         }
         // Every checkpoint acknowledged (so its output is out) before the standby is told.
         guard let last = sentThrough() else {
@@ -500,7 +507,15 @@ public final class ReplicationPrimary: @unchecked Sendable {
             if first, tell { link.finish(with: Frame(.resync, payload: Array(reason.utf8.prefix(1024))), timeout: heartbeatTimeout) }
             markLost("resync: \(reason)")
         }
-        output.protect()
+        // Output already going straight out (the guest ran without a standby:
+        // it took over, or lost its standby) keeps doing so while a new
+        // standby receives the disk and the pre-copy of RAM, and is held from
+        // just before checkpoint 0 is captured: no standby holds the guest
+        // until that commits anyway, and holding would stall the world for the
+        // whole copy (after a planned switchover, most of its pause). What
+        // went out meanwhile is in checkpoint 0's state.
+        let holdsFromTheStart = output.isProtected || resume
+        if holdsFromTheStart { output.protect() }
         let engine = CheckpointEngine(machine: machine, configuration: configuration.engine)
         engine.outputBuffer = output
         let machine = self.machine
@@ -646,6 +661,7 @@ public final class ReplicationPrimary: @unchecked Sendable {
             }
         }
         if lost.withLock({ $0 }) == nil, !machine.hasStopped {
+            if !holdsFromTheStart { output.protect() }
             do {
                 try engine.start()
             } catch {

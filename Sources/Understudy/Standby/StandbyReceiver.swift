@@ -481,7 +481,8 @@ public final class StandbyReceiver: @unchecked Sendable {
         init(listener: TCPListener, link: FrameConnection, logger: Logger) {
             let thread = Thread { [self] in
                 while !done.load(ordering: .relaxed) {
-                    guard let other = try? listener.accept(timeout: .milliseconds(100)) else { continue }
+                    // A short wait: `stop()` waits for this loop, and a takeover waits for `stop()`.
+                    guard let other = try? listener.accept(timeout: .milliseconds(5)) else { continue }
                     logger.warning("refused a second primary from \(other.peer): a session with \(link.peer) is running")
                     try? FrameConnection(other).send(Frame(.refuse, payload: Array("this standby already serves a primary (\(link.peer))".utf8)))
                     other.shutdown()

@@ -33,6 +33,8 @@ public final class KVStoreWorldClient: @unchecked Sendable {
     private final class Shared: Sendable {
         let log = Mutex(Log())
         let stopping = Atomic<Bool>(false)
+        /// When each reply arrived, in order.
+        let replyTimes = Mutex<[ContinuousClock.Instant]>([])
     }
 
     private let shared = Shared()
@@ -63,10 +65,12 @@ public final class KVStoreWorldClient: @unchecked Sendable {
                 round += 1
                 do {
                     let set = try connection.command("SET w\(round) v\(round * 7)")
+                    shared.replyTimes.withLock { $0.append(.now) }
                     shared.log.withLock { log in
                         if set == "OK" { log.acknowledged.append(round) } else { log.inconsistencies.append("SET w\(round) answered '\(set)'") }
                     }
                     let incr = try connection.command("INCR world")
+                    shared.replyTimes.withLock { $0.append(.now) }
                     shared.log.withLock { log in
                         let last = log.counter.last ?? 0
                         guard incr.hasPrefix("VALUE "), let value = Int(incr.dropFirst(6)) else {
@@ -92,6 +96,17 @@ public final class KVStoreWorldClient: @unchecked Sendable {
 
     /// Replies received so far (two a round): what a test waits on.
     public var replies: Int { shared.log.withLock { $0.acknowledged.count + $0.counter.count } }
+
+    /// The longest the client waited for a reply at any time between `start`
+    /// and `end` (what the world saw of a switchover, say).
+    public func longestWait(from start: ContinuousClock.Instant, to end: ContinuousClock.Instant) -> Duration {
+        let times = shared.replyTimes.withLock { $0 }
+        var longest = Duration.zero
+        for (earlier, later) in zip(times, times.dropFirst()) where later >= start && earlier <= end {
+            longest = max(longest, later - earlier)
+        }
+        return longest
+    }
 
     /// Stops writing, reads every acknowledged key back (on a new connection)
     /// and returns the world's log. A key that reads back wrong, or that cannot
