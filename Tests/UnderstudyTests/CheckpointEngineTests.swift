@@ -153,6 +153,38 @@ struct CheckpointEngineTests {
                      Double(stats.dropFirst().map(\.rawBytes).reduce(0, +)) / Double(max(1, stats.dropFirst().map(\.encodedBytes).reduce(0, +)))))
     }
 
+    /// A switchover's end (`stopLeavingGuestPaused`): the loop ends with one
+    /// more checkpoint and the guest stays paused, so the replica is exactly
+    /// guest RAM and stays so (nothing runs any more); the workload's console
+    /// does not move either. Resumed by hand (an abandoned switchover), the
+    /// guest goes on.
+    @Test func theLastCheckpointLeavesTheGuestPausedAndTheReplicaExact() throws {
+        let lines = Lines()
+        let machine = try Machine(configuration: .init(memorySize: 32 << 20, commandLine: "pages=16 wss=400 every=2000",
+                                                       dirtyTracking: .bitmap), console: lines.sink)
+        let engine = CheckpointEngine(machine: machine, configuration: .init(epoch: .milliseconds(2)))
+        let replica = try ReplicaImage(memorySize: machine.memory.size)
+        let errors = Lines()
+        engine.sink = { checkpoint in
+            do { try replica.apply(checkpoint) } catch { errors.sink(Array("\(error)\n".utf8)) }
+        }
+        try machine.start()
+        try engine.start()
+        #expect(eventually(timeout: 120) { engine.statistics.count >= 10 && lines.lines.count >= 3 }, "the loop ran")
+        try engine.stopLeavingGuestPaused()
+        #expect(errors.lines.isEmpty, "\(errors.lines.prefix(3))")
+        #expect(machine.isPaused, "the guest stays paused after the last checkpoint")
+        let digest = memoryDigest(machine)
+        #expect(replica.memoryDigest == digest, "the replica is exactly the paused guest")
+        #expect(replica.committedSequence == engine.statistics.last?.sequence, "the last checkpoint is the one committed")
+        let printed = lines.lines.count
+        try machine.resumeAfterCheckpoint()
+        try machine.completeCheckpoint()
+        #expect(eventually(timeout: 60) { lines.lines.count > printed }, "resumed, the guest goes on")
+        machine.requestStop()
+        _ = machine.waitUntilStopped(timeout: TestHost.scaled(.seconds(10)))
+    }
+
     /// Resume from the replica at random checkpoints in a fresh VM: the workload's
     /// output continues exactly as the original's would have.
     @Test func resumeFromReplicaContinuesExactly() throws {
