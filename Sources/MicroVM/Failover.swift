@@ -18,7 +18,7 @@ enum Failover {
         let clock = ContinuousClock()
         let began = clock.now
         let sinceCommit = receiver.lastCommit.map { began - $0 } ?? .zero
-        let network = options.tap.map { NetworkConfiguration(tap: $0, mac: hello.mac) }
+        let network = options.tap.map { NetworkConfiguration(tap: $0, mac: hello.mac, keepsTapOpen: true) }
         let machine = try Machine(restoring: replica.state, memory: replica.memory, network: network, disk: options.disk,
                                   console: console, logger: logger)
         world.tap = machine.net?.tap

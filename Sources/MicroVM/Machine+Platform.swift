@@ -26,9 +26,11 @@ extension Machine {
     /// does at the handshake: /dev/kvm opens, the state is MicroVM's in a format
     /// this build restores, every CPU feature the guest was shown is offered
     /// here, the XSAVE area fits, the TSC runs at the same rate (a guest's clock
-    /// would jump otherwise), and the tap the guest's card will use opens.
-    /// Throws `.cannotRun` naming the first thing that fails.
-    public static func preflight(_ hello: Hello, tap: String?) throws(MachineError) {
+    /// would jump otherwise), and the tap the guest's card will use opens
+    /// (`keepingTap`: and stays attached in `TapPool` for the takeover, so its
+    /// carrier does not change then). Throws `.cannotRun` naming the first
+    /// thing that fails.
+    public static func preflight(_ hello: Hello, tap: String?, keepingTap: Bool = false) throws(MachineError) {
         let platform = hello.platform
         guard platform.vmm == vmmName || platform.vmm == linuxVMMName else {
             throw .cannotRun("the guest runs under the VMM '\(platform.vmm)'; this standby restores \(vmmName) guests")
@@ -66,7 +68,12 @@ extension Machine {
             throw .cannotRun("\(error)")
         }
         if hello.devices.contains(.network), let tap {
-            do { _ = try Tap(name: tap) } catch { throw .cannotRun("the tap \(tap) does not open: \(error)") }
+            do {
+                let opened = try TapPool.shared.take(tap)
+                if keepingTap { TapPool.shared.keep(opened) } else { opened.close() }
+            } catch {
+                throw .cannotRun("the tap \(tap) does not open: \(error)")
+            }
         }
     }
 }

@@ -189,7 +189,7 @@ public final class Machine: @unchecked Sendable {
         }
         if let network = configuration.network {
             net = VirtioNet(base: GuestLayout.virtioNetBase, memory: guestMemory, mac: network.mac,
-                            tap: try Tap(name: network.tap), logger: logger,
+                            tap: try TapPool.shared.take(network.tap), keepsTapOpen: network.keepsTapOpen, logger: logger,
                             notifyGuest: interrupt(line: Self.virtioNetIRQ, event: Doorbell.Event.network))
         } else {
             net = nil

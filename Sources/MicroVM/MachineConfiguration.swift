@@ -73,10 +73,15 @@ public struct NetworkConfiguration: Sendable, Equatable {
     public var tap: String
     /// The card's MAC address.
     public var mac: [UInt8]
+    /// When the machine ends, its tap stays attached in this process
+    /// (`TapPool`) for the next machine on it: a host that changes role keeps
+    /// its tap's carrier up. A kept tap is also what the machine takes first.
+    public var keepsTapOpen: Bool
 
-    public init(tap: String, mac: [UInt8] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56]) {
+    public init(tap: String, mac: [UInt8] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56], keepsTapOpen: Bool = false) {
         self.tap = tap
         self.mac = mac
+        self.keepsTapOpen = keepsTapOpen
     }
 }
 

@@ -52,7 +52,7 @@ public enum StandbyRunner {
         var configuration = StandbyConfiguration(listen: options.listen, heartbeatTimeout: options.heartbeatTimeout, devices: devices, disk: disk)
         let tap = options.tap, fencing = options.fencing
         configuration.preflight = { hello in
-            try Machine.preflight(hello, tap: tap)
+            try Machine.preflight(hello, tap: tap, keepingTap: true)
             try fencing?.observeSession()
         }
         return try StandbyReceiver(configuration: configuration, listener: listener, logger: logger)

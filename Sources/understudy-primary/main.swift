@@ -140,7 +140,8 @@ struct UnderstudyPrimary: ParsableCommand {
         LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
         var logger = Logger(label: "understudy-primary")
         logger.logLevel = verbose ? .debug : .info
-        let network = tap.map { NetworkConfiguration(tap: $0, mac: MACAddress.parse(mac) ?? []) }
+        // The tap stays attached across roles (after a switchover this host is the standby).
+        let network = tap.map { NetworkConfiguration(tap: $0, mac: MACAddress.parse(mac) ?? [], keepsTapOpen: listen != nil) }
         let diskConfiguration = disk.map { DiskConfiguration(path: $0) }
         let source: ConsoleRunner.Source
         if let restore {

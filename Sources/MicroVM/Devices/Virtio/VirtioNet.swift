@@ -16,6 +16,8 @@ public final class VirtioNet: VirtioDevice, @unchecked Sendable {
 
     public let mac: [UInt8]
     public let tap: Tap?
+    /// Whether `shutdown()` keeps the tap attached in `TapPool` rather than closing it.
+    public let keepsTapOpen: Bool
     /// Where transmitted frames go. Set before the machine starts.
     public var egress: @Sendable (UnsafeRawBufferPointer) -> Void
     public private(set) var linkUp = true
@@ -33,11 +35,12 @@ public final class VirtioNet: VirtioDevice, @unchecked Sendable {
     public override var deviceID: UInt32 { 1 }
     public override var offeredFeatures: UInt64 { Self.featureMAC | Self.featureStatus }
 
-    public init(base: UInt64, memory: GuestMemory, mac: [UInt8], tap: Tap?, logger: Logger,
+    public init(base: UInt64, memory: GuestMemory, mac: [UInt8], tap: Tap?, keepsTapOpen: Bool = false, logger: Logger,
                 notifyGuest: @escaping @Sendable () -> Void) {
         precondition(mac.count == 6, "a MAC address is 6 bytes")
         self.mac = mac
         self.tap = tap
+        self.keepsTapOpen = keepsTapOpen
         egress = { frame in tap?.write(frame) }
         super.init(name: "virtio-net", base: base, memory: memory, queueSizes: [Self.queueSize, Self.queueSize],
                    logger: logger, notifyGuest: notifyGuest)
@@ -201,7 +204,9 @@ public final class VirtioNet: VirtioDevice, @unchecked Sendable {
             receiverDone.wait()
             receiverStarted = false
         }
-        tap?.close()            // hand the interface over: a restored machine may attach to it
+        // Hand the interface over: a restored machine may attach to it (in
+        // this process, when kept: `TapPool`).
+        if let tap { if keepsTapOpen { TapPool.shared.keep(tap) } else { tap.close() } }
     }
 
     public override func resetDevice() { heldFrame = nil }
