@@ -96,7 +96,8 @@ extension Machine {
                 return true
             }
             do {
-                try absorbFullRing(vcpu)
+                guard let dirtyTracker else { throw KVMError.missingCapability(.dirtyLogRing) }
+                try dirtyTracker.absorbFullRing(of: vcpu)
                 return true
             } catch {
                 stop(.hostError(vcpu: index, error: "emptying a full dirty ring: \(error)"))

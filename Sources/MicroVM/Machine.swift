@@ -16,7 +16,7 @@ import Logging
 /// let reason = machine.waitUntilStopped()    // .guestExit(code:), .shutdown(vcpu:), ...
 /// ```
 ///
-/// A machine rebuilt with `init(restoring:memory:console:)` continues exactly where
+/// A machine rebuilt with `init(restoring:memory:network:disk:console:logger:)` continues exactly where
 /// the saved one was paused.
 public final class Machine: @unchecked Sendable {
     public let configuration: MachineConfiguration
@@ -44,26 +44,13 @@ public final class Machine: @unchecked Sendable {
     /// Port-I/O devices (a Linux guest's); ports nobody answers read as all ones.
     private(set) var portDevices: [any PortDevice] = []
     let logger: Logger
-    /// One reusable KVM dirty bitmap per slot (bitmap tracking).
-    let slotBitmaps: [DirtyBitmap]
-    /// Per slot, the pages re-armed after the guest resumed (`rearmDirtyLog()`):
-    /// the next harvest includes them, as a write that came before their re-arming
-    /// left no mark. Used by the epoch thread only.
-    let rearmedBitmaps: [DirtyBitmap]
-    /// A checkpoint harvest read KVM's log and left the re-arming to `rearmDirtyLog()`.
-    var rearmPending = false
-    /// `rearmedBitmaps` hold pages the next harvest must include.
-    var rearmedPending = false
+    /// The guest's and the VMM's writes to RAM, for checkpoints (nil without dirty tracking).
+    public let dirtyTracker: DirtyTracker?
 
     /// Called on a vCPU thread when its dirty ring is full; must harvest and reset
-    /// the rings before returning. Without it the machine absorbs the ring itself
-    /// (`absorbFullRing`): the pages wait for the next `collectDirtyPages`.
+    /// the rings before returning. Without it the machine's `DirtyTracker`
+    /// absorbs the ring: the pages wait for the next `collectDirtyPages`.
     public var onDirtyRingFull: (@Sendable (VCPU) -> Void)?
-
-    /// Pages taken from full dirty rings between harvests, whole-RAM numbering
-    /// (allocated on first use), and the lock vCPU threads take to add to it.
-    var ringOverflow: DirtyBitmap?
-    let ringOverflowLock = NSLock()
 
     // Lifecycle, guarded by `condition`.
     enum Phase: Equatable { case created, running, paused, stopped }
@@ -160,8 +147,6 @@ public final class Machine: @unchecked Sendable {
                 for vcpu in vcpus { try vcpu.enableSyncedRegisters() }
             }
             self.vcpus = vcpus
-            slotBitmaps = slots.map { DirtyBitmap(pageCount: $0.pageCount) }
-            rearmedBitmaps = slots.map { DirtyBitmap(pageCount: $0.pageCount) }
         } catch {
             throw .kvm(error)
         }
@@ -174,6 +159,11 @@ public final class Machine: @unchecked Sendable {
         }
         self.doorbell = doorbell
         guestMemory = GuestMemory(memory)
+        switch configuration.dirtyTracking {
+        case .none: dirtyTracker = nil
+        case .bitmap: dirtyTracker = DirtyTracker(vm: vm, slots: slots, vcpus: vcpus, mode: .bitmap, ownWrites: guestMemory)
+        case .ring: dirtyTracker = DirtyTracker(vm: vm, slots: slots, vcpus: vcpus, mode: .ring, ownWrites: guestMemory)
+        }
         let vm = self.vm
         /// An interrupt: a pulse on `line` for a Linux guest, else a doorbell event.
         func interrupt(line: UInt32, event: UInt64) -> @Sendable () -> Void {

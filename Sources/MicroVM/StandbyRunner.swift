@@ -161,7 +161,9 @@ public enum StandbyRunner {
             var protection = ConsoleRunner.Protection.unprotected
             if let address = handover?.standby ?? options.reprotect {
                 var engine = EngineConfiguration()
-                if let micros = receiver.hello?.epochMicroseconds, micros >= 1000 { engine.epoch = .microseconds(Int(micros)) }
+                if let micros = receiver.hello?.epochMicroseconds, Duration.microseconds(Int(micros)) >= EngineConfiguration.minimumEpoch {
+                    engine.epoch = .microseconds(Int(micros))
+                }
                 var configuration = PrimaryConfiguration(standby: address, engine: engine, heartbeatTimeout: options.heartbeatTimeout)
                 configuration.initialHold = .zero
                 configuration.statusInterval = options.statusInterval

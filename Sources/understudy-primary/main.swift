@@ -109,7 +109,11 @@ struct UnderstudyPrimary: ParsableCommand {
         }
         if let listen {
             guard standby != nil else { throw ValidationError("--listen is where a protected guest's host waits as standby after a switchover: give --standby too") }
-            do { _ = try SocketAddress(parsing: listen, listening: true) } catch { throw ValidationError("--listen: \(error)") }
+            do {
+                let address = try SocketAddress(parsing: listen, listening: true)
+                // The other host connects to it after a switchover: a wildcard would send it to itself.
+                guard address.host != "0.0.0.0" else { throw ValidationError("--listen: give an address the standby's host can reach, not 0.0.0.0") }
+            } catch let error as WireError { throw ValidationError("--listen: \(error)") }
         }
         guard let epochLength = DurationText.parse(epoch) else { throw ValidationError("cannot read epoch '\(epoch)' (try 1ms, 5ms, 25ms)") }
         guard epochLength >= EngineConfiguration.minimumEpoch else { throw ValidationError("--epoch must be at least 0.5ms") }

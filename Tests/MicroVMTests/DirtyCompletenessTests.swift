@@ -93,11 +93,11 @@ struct DirtyCompletenessTests {
             try machine.pause(capturingVCPUState: true)
             let (changed, _) = try checkDirtyCompleteness(machine, previous: &previous, round: round)
             totalChanged += changed
-            if machine.rearmPending { deferred += 1 }
+            if machine.dirtyTracker?.isRearmPending == true { deferred += 1 }
             try machine.resume()
             usleep(UInt32.random(in: 0...500, using: &generator))
             try machine.rearmDirtyLog()
-            if machine.rearmedBitmaps.contains(where: { $0.count > 0 }) { rearmedLate += 1 }
+            if machine.dirtyTracker?.pagesRearmedLate ?? 0 > 0 { rearmedLate += 1 }
         }
         machine.requestStop()
         _ = machine.waitUntilStopped(timeout: TestHost.scaled(.seconds(10)))

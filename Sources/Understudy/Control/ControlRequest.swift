@@ -1,5 +1,5 @@
 /// What `understudy-ctl` asks a running primary or standby: one line of
-/// ASCII, a command word and a newline (Docs/Operations.md, "Control").
+/// ASCII, a command word and a newline (Docs/Operations.md, "Control and status").
 public enum ControlRequest: String, Sendable, CaseIterable {
     /// Role, protection, generation, last commit, lag, rates, held output.
     case status

@@ -2,7 +2,7 @@ import Foundation
 
 /// What a running `understudy-primary` or `understudy-standby` reports about
 /// itself (`understudy-ctl status`, JSON or text). Durations are whole
-/// milliseconds; absent figures are null in JSON.
+/// milliseconds; figures that do not apply are left out of the JSON.
 public struct HostStatus: Codable, Sendable, Equatable {
     public enum Role: String, Codable, Sendable {
         /// Runs the guest (protected or not).
@@ -75,7 +75,9 @@ public struct HostStatus: Codable, Sendable, Equatable {
         }
         if let heldOutputBytes { lines.append("  held output: \(heldOutputBytes) bytes") }
         lines.append("  sessions: \(sessions)")
-        if role == .primary { lines.append("  switchover: \(switchoverListen.map { "possible (this host then listens as standby on \($0))" } ?? "not possible (no --listen)")") }
+        if role == .primary {
+            lines.append("  switchover: \(switchoverListen.map { "possible (this host then listens as standby on \($0))" } ?? "not possible here (no standby protects the guest, or no --listen)")")
+        }
         return lines.joined(separator: "\n")
     }
 }

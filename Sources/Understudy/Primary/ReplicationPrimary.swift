@@ -186,7 +186,7 @@ public final class ReplicationPrimary: @unchecked Sendable {
     /// Bytes and checkpoints sent on the wire, all sessions.
     public var wireTotals: (bytes: Int, checkpoints: Int) { wire.withLock { $0 } }
     /// Checkpoints and bytes per second and pause quantiles over the last
-    /// few seconds (nil before replication has run two seconds).
+    /// few seconds (nil until replication has run about a second).
     public var rates: ReplicationRates? { reporter.withLock { $0 }?.rates }
     private let reporter = Mutex<StatusReport?>(nil)
     /// When the current standby last acknowledged a checkpoint.
@@ -363,7 +363,7 @@ public final class ReplicationPrimary: @unchecked Sendable {
         let connection = try TCPConnection.connect(to: configuration.standby, timeout: .seconds(1))
         let link = FrameConnection(connection)
         let hello = Hello(session: Hello.newSession(), guest: guest, memorySize: UInt64(machine.guestMemorySize), devices: configuration.devices,
-                          epochMicroseconds: UInt32(clamping: configuration.engine.epoch.milliseconds * 1000), mac: configuration.mac,
+                          epochMicroseconds: UInt32(clamping: configuration.engine.epoch.wholeMicroseconds), mac: configuration.mac,
                           diskSize: configuration.disk?.size ?? 0, flags: askingToResume ? .resume : [], platform: configuration.platform)
         try link.send(Frame(.hello, payload: hello.payload))
         let reply = try link.receive(timeout: .seconds(5))

@@ -1,3 +1,5 @@
+import KVM
+
 /// One split virtqueue (virtio 1.x §2.7), as the device side sees it.
 ///
 /// Every index and address comes from the guest and is untrusted: chains are

@@ -1,4 +1,4 @@
-import KVM
+import Foundation
 import Synchronization
 
 /// Bounds-checked access to guest RAM for the VMM's own reads and writes
