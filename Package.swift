@@ -9,6 +9,7 @@ let package = Package(
         .library(name: "MicroVM", targets: ["MicroVM"]),
         .library(name: "Understudy", targets: ["Understudy"]),
         .library(name: "UnderstudyEtcd", targets: ["UnderstudyEtcd"]),
+        .library(name: "UnderstudyConformance", targets: ["UnderstudyConformance"]),
         .executable(name: "understudy-primary", targets: ["understudy-primary"]),
         .executable(name: "understudy-standby", targets: ["understudy-standby"]),
         .executable(name: "understudy-ctl", targets: ["understudy-ctl"]),
@@ -33,6 +34,9 @@ let package = Package(
 
         // The arbiter in etcd (fencing): its v3 JSON gateway over async-http-client.
         .target(name: "UnderstudyEtcd", dependencies: ["Understudy", .product(name: "AsyncHTTPClient", package: "async-http-client")]),
+
+        // A VMM's proof that it replicates correctly (a test helper for VMMs).
+        .target(name: "UnderstudyConformance", dependencies: ["KVM", "Understudy"]),
 
         // The reference VMM.
         .target(name: "MicroVM", dependencies: ["KVM", "Understudy", .product(name: "Logging", package: "swift-log")]),
@@ -64,7 +68,7 @@ let package = Package(
         .target(name: "TestGuests", dependencies: ["KVM", "CKVM", "MicroVM", "UnderstudyEtcd"], path: "Tests/TestGuests"),
 
         .testTarget(name: "KVMTests", dependencies: ["KVM", "CKVM", "TestGuests"]),
-        .testTarget(name: "MicroVMTests", dependencies: ["MicroVM", "KVM", "TestGuests"]),
+        .testTarget(name: "MicroVMTests", dependencies: ["MicroVM", "KVM", "TestGuests", "UnderstudyConformance", "Understudy"]),
         .testTarget(name: "UnderstudyTests", dependencies: ["Understudy", "UnderstudyEtcd", "MicroVM", "KVM", "TestGuests"]),
         .testTarget(name: "CompressionLinkTests", dependencies: ["CLZ4", "CZstd"]),
         .testTarget(name: "UnderstudyEtcdTests", dependencies: ["UnderstudyEtcd", "Understudy", "TestGuests"]),

@@ -27,8 +27,7 @@ extension Machine {
                     condition.unlock()
                     exitInFlight = false
                     do {
-                        let exit = try vcpu.run()
-                        if exit != .interrupted {
+                        if let exit = try vcpu.completeInFlightExit() {
                             // immediate_exit was cleared under us: a resume raced the pause. Handle normally.
                             guard handle(exit, vcpu: vcpu, index: index, exitInFlight: &exitInFlight) else { return }
                         }
@@ -81,12 +80,13 @@ extension Machine {
 
     /// Handles one exit. Returns false when the thread must end.
     private func handle(_ exit: VCPUExit, vcpu: VCPU, index: Int, exitInFlight: inout Bool) -> Bool {
+        // An MMIO or port-I/O instruction is finished only by the next KVM_RUN:
+        // a pause completes it first (`VCPU.completeInFlightExit`).
+        exitInFlight = VCPU.leavesInstructionInFlight(exit)
         switch exit {
         case .interrupted, .signalPending:
-            exitInFlight = false
             return true
         case .mmio(let access):
-            exitInFlight = true
             return handleMMIO(access, vcpu: vcpu, index: index)
         case .hlt:
             return true                     // with an in-kernel LAPIC, HLT does not normally reach us
@@ -115,7 +115,6 @@ extension Machine {
                 stop(.unexpectedExit(vcpu: index, exit: "port I/O \(io.direction) 0x\(String(io.port, radix: 16))"))
                 return false
             }
-            exitInFlight = true
             handlePortIO(io, vcpu: vcpu)
             return true
         case .systemEvent(let type, _):

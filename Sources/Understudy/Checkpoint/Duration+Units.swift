@@ -8,13 +8,13 @@ extension Duration {
     }
 
     /// Whole microseconds, rounded down (negative durations are 0).
-    var wholeMicroseconds: Int {
+    public var wholeMicroseconds: Int {
         let (seconds, attoseconds) = components
         return max(0, Int(seconds) * 1_000_000 + Int(attoseconds / 1_000_000_000_000))
     }
 
     /// Whole nanoseconds, rounded down.
-    var wholeNanoseconds: Int64 {
+    public var wholeNanoseconds: Int64 {
         let (seconds, attoseconds) = components
         return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
     }
