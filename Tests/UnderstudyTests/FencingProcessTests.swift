@@ -288,6 +288,61 @@ struct FencingProcessTests {
         #expect(back.waitForExit(timeout: 60))
     }
 
+    /// A planned switchover with an arbiter, there and back: the primary
+    /// releases the guest's key before it hands the guest over, so the standby
+    /// wins it at once (it never waits for a lease) one generation up; the
+    /// copy that handed over releases no frame afterwards; the client's
+    /// connection and history go on.
+    @Test func aSwitchoverHandsTheKeyOverOneGenerationUp() throws {
+        let etcd = try EtcdCluster()
+        let ports = [try EtcdCluster.freePort(), try EtcdCluster.freePort()]
+        _ = try GuestPrograms.image("kvstore")
+        let image = GuestPrograms.packageRoot.appendingPathComponent("Guests/build/kvstore.elf").path
+        let network = try TestNetwork()
+        let taps = [try network.addTap(), try network.addTap()]
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("fenced-switchover-\(getpid())").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let sockets = ["\(directory)/a.sock", "\(directory)/b.sock"]
+        let fencing = ["--arbiter", etcd.url, "--guest-name", "g1", "--lease-time", Self.lease]
+        let standby = try ChildProcess("understudy-standby", ["--listen", "127.0.0.1:\(ports[1])", "--tap", taps[1], "--heartbeat-timeout", "1s",
+                                                              "--control", sockets[1]] + fencing)
+        #expect(standby.listeningPort() == ports[1])
+        let primary = try ChildProcess("understudy-primary", [
+            "--standby", "127.0.0.1:\(ports[1])", "--listen", "127.0.0.1:\(ports[0])", "--control", sockets[0], "--guest", image,
+            "--cmdline", "ip=10.77.0.2 mask=255.255.255.0", "--tap", taps[0], "--memory", "64M", "--epoch", "5ms",
+            "--heartbeat-timeout", "1s"] + fencing)
+        let hosts = [primary, standby]
+        defer { for process in hosts where process.isRunning { process.signal(SIGKILL) } }
+        #expect(eventually(timeout: 120) { primary.standardError.text.contains("protected by the standby") || !primary.isRunning },
+                "primary: \(primary.standardError.text)")
+        let client = try KVStoreWorldClient(network: network, timeout: 600)
+        #expect(eventually(timeout: 60) { client.replies >= 40 })
+        let arbiter = try EtcdArbiter(url: etcd.url, guest: "g1", leaseTime: .seconds(3))
+        var generation = try arbiter.holder().generation
+        for (from, to) in [(0, 1), (1, 0)] {
+            let reply = try ControlClient.send(.switchover, to: sockets[from], timeout: .seconds(120))
+            #expect(reply.ok, "switchover from host \(from): \(reply.message ?? "") \(hosts[from].standardError.text.suffix(2000))")
+            let released = network.framesReleased(through: taps[from])
+            Self.expectServed(client, "after the switchover to host \(to): \(hosts[to].standardError.text.suffix(3000))")
+            #expect(network.framesReleased(through: taps[from]) == released, "the copy that handed over released nothing more")
+            #expect(eventually(timeout: 60) { (try? arbiter.holder().generation).map { $0 > generation } ?? false },
+                    "the new primary holds the key one generation up")
+            let now = try arbiter.holder().generation
+            #expect(now == generation + 1, "one generation per switchover: \(generation) to \(now)")
+            generation = now
+            #expect(!hosts[to].standardError.text.contains("waiting for its lease to expire"), "the key was handed over, not waited for")
+            #expect(eventually(timeout: 120) { (try? ControlClient.send(.status, to: sockets[to]))?.status?.state == "protected" },
+                    "protected by the old primary: \(hosts[to].standardError.text.suffix(2000))")
+        }
+        let log = try client.stop()
+        Self.expectOneHistory(log)
+        #expect(log.reconnects == 0, "one connection throughout: \(log.lastFailure ?? "")")
+        primary.signal(SIGTERM)
+        #expect(primary.waitForExit(timeout: 60), "\(primary.standardError.text.suffix(2000))")
+        #expect(standby.waitForExit(timeout: 60), "\(standby.standardError.text.suffix(2000))")
+    }
+
     /// A SIGKILLed primary with an arbiter: the standby takes over once the
     /// primary's lease ran out and serves the client on its connection.
     @Test func aKilledPrimaryIsReplacedAfterItsLease() throws {
