@@ -82,6 +82,17 @@ let benchmarks: @Sendable () -> Void = {
         try failover.killPrimaryAndWaitForTakeover()
         benchmark.stopMeasurement()
     }
+    // A planned switchover, back and forth: from `understudy-ctl switchover`
+    // to the guest answering a GET on the other host, on the client's one
+    // connection (each iteration waits, unmeasured, until the guest is
+    // protected again by the old primary).
+    let switching = KVStoreProcesses(epoch: 5, switchover: true)
+    Benchmark("Switchover at 5 ms: understudy-ctl switchover to the guest answering on the other host (kvstore, 256 MiB)",
+              configuration: .init(metrics: [.wallClock], timeUnits: .milliseconds, warmupIterations: 0, maxDuration: .seconds(120),
+                                   maxIterations: 10)) { benchmark in
+        try switching.switchOver(benchmark)
+    } setup: { try switching.start() } teardown: { switching.stop() }
+
     Benchmark("Re-protection at 5 ms: a standby started on the failed host to the guest that took over PROTECTED again (kvstore, 256 MiB)",
               configuration: .init(metrics: [.wallClock], timeUnits: .milliseconds, warmupIterations: 0, maxDuration: .seconds(120),
                                    maxIterations: 5)) { benchmark in
@@ -143,6 +154,10 @@ final class KVStoreProcesses: @unchecked Sendable {
     let arbiter: String?
     /// The standby gets `--reprotect` towards the primary's host.
     let reprotect: Bool
+    /// Both get control sockets and the primary `--listen`: switchovers.
+    let switchover: Bool
+    private var sockets: [String] = []
+    private var active = 0
     private var network: TestNetwork?
     private var standby: ChildProcess?
     private var primary: ChildProcess?
@@ -150,10 +165,11 @@ final class KVStoreProcesses: @unchecked Sendable {
     private var connection: NamespaceSocket?
     private var primaryTap = "", backPort: UInt16 = 0
 
-    init(epoch: Int?, arbiter: String? = nil, reprotect: Bool = false) {
+    init(epoch: Int?, arbiter: String? = nil, reprotect: Bool = false, switchover: Bool = false) {
         self.epoch = epoch
         self.arbiter = arbiter
         self.reprotect = reprotect
+        self.switchover = switchover
     }
 
     func start() throws {
@@ -168,9 +184,14 @@ final class KVStoreProcesses: @unchecked Sendable {
             let fencing = arbiter.map { ["--arbiter", $0, "--guest-name", "bench", "--lease-time", "2s"] } ?? []
             backPort = try EtcdCluster.freePort()
             let healing = reprotect ? ["--reprotect", "127.0.0.1:\(backPort)"] : []
-            let standby = try ChildProcess("understudy-standby", ["--listen", "127.0.0.1:0", "--tap", standbyTap] + fencing + healing)
+            let directory = FileManager.default.temporaryDirectory.path
+            sockets = switchover ? ["\(directory)/bench-\(getpid())-a.sock", "\(directory)/bench-\(getpid())-b.sock"] : []
+            active = 0
+            let control = switchover ? ["--control", sockets[1]] : []
+            let standby = try ChildProcess("understudy-standby", ["--listen", "127.0.0.1:0", "--tap", standbyTap] + fencing + healing + control)
             guard let port = standby.listeningPort() else { throw Failure(what: "standby: \(standby.standardError.text)") }
             protection = ["--standby", "127.0.0.1:\(port)", "--epoch", "\(epoch)ms"] + fencing
+            if switchover { protection += ["--listen", "127.0.0.1:\(backPort)", "--control", sockets[0]] }
             self.standby = standby
         }
         let primary = try ChildProcess("understudy-primary", protection + [
@@ -200,6 +221,22 @@ final class KVStoreProcesses: @unchecked Sendable {
         primary.signal(SIGKILL)
         guard eventually(timeout: 30, { standby.standardError.text.contains("taking over") }) else { throw Failure(what: "no takeover") }
         guard try connection.command("GET bench") == "VALUE 42" else { throw Failure(what: "after failover") }
+    }
+
+    /// One switchover (with `switchover`): waits until the active host is
+    /// protected, then measures `understudy-ctl switchover` to the guest
+    /// answering a GET from the other host.
+    func switchOver(_ benchmark: Benchmark) throws {
+        guard switchover, let connection else { throw Failure(what: "not started with switchover") }
+        guard eventually(timeout: 60, { (try? ControlClient.send(.status, to: self.sockets[self.active]))?.status?.state == "protected" }) else {
+            throw Failure(what: "not protected before the switchover")
+        }
+        benchmark.startMeasurement()
+        let reply = try ControlClient.send(.switchover, to: sockets[active])
+        let value = try connection.command("GET bench")
+        benchmark.stopMeasurement()
+        guard reply.ok, value == "VALUE 42" else { throw Failure(what: "switchover: \(reply.message ?? "") \(value)") }
+        active = 1 - active
     }
 
     /// After a takeover with `reprotect`: starts a standby on the failed

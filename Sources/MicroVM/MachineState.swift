@@ -167,8 +167,10 @@ extension Machine {
         return parkedStates
     }
 
-    /// Writes decoded state into this freshly built machine. Each part is decoded
-    /// (validated) before anything is written to KVM.
+    /// Writes decoded state into this freshly built machine. The vCPU and VM
+    /// parts are decoded (validated) before anything is written to KVM; device
+    /// parts are decoded by each device as it restores, and a bad one fails
+    /// the restore (the machine, half restored, is then discarded).
     func restore(_ saved: MachineState) throws(MachineError) {
         var vcpuStates: [VCPUState] = []
         for (index, bytes) in saved.vcpuStates.enumerated() {

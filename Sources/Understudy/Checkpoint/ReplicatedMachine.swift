@@ -10,17 +10,27 @@ import KVM
 /// try engine.start()          // pause, harvest, copy, capture, resume; encode in the background
 /// ```
 public protocol ReplicatedMachine: AnyObject, Sendable {
-    /// Guest RAM from guest-physical 0, as this process maps it.
+    /// Guest RAM as this process maps it: one mapping, in the page numbering
+    /// `collectDirtyPages` uses (page n is bytes n×4096 of the mapping; for a
+    /// VMM without holes in guest RAM, guest-physical page n).
     var guestMemoryBase: UnsafeMutableRawPointer { get }
     /// Bytes of guest RAM (a multiple of 4 KiB).
     var guestMemorySize: Int { get }
-    /// Every vCPU out of KVM_RUN and every device quiescent.
+    /// Every vCPU out of KVM_RUN and every device quiescent. A vCPU whose last
+    /// exit was MMIO or port I/O must first complete it
+    /// (`VCPU.completeInFlightExit()`): state read before that would make a
+    /// replica that repeats an OUT or MMIO write, or loses an IN or MMIO read.
+    /// A pause is not always a checkpoint's (a disk copy or the pre-copy may
+    /// hold the guest while the link catches up), and the last one of a
+    /// planned switchover is never resumed.
     func pauseForCheckpoint() throws
     /// Back to running.
     func resumeAfterCheckpoint() throws
     /// What is left of the checkpoint once the guest runs again (e.g. re-arming
-    /// dirty tracking), off the pause. The engine calls it after every
-    /// `resumeAfterCheckpoint()`, before the next pause. The default does nothing.
+    /// dirty tracking, `DirtyTracker.rearm()`), off the pause. The engine calls
+    /// it after each `resumeAfterCheckpoint()` of a completed checkpoint, before
+    /// the next pause (on an error path it may resume without it). The default
+    /// does nothing.
     func completeCheckpoint() throws
     /// Marks in `bitmap` (whole-RAM page numbers) every page written since the
     /// last call, by the guest (KVM's dirty log) or by the VMM itself. Paused only.

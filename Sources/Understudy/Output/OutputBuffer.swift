@@ -89,8 +89,25 @@ public final class OutputBuffer: @unchecked Sendable {
     }
 
     /// Holds one item produced by the guest in the current epoch (or releases it
-    /// at once when not protected).
+    /// at once when not protected). Console bytes over `OutputRecord.maximumLength`
+    /// are held in pieces; a network frame that long (no card sends one) is
+    /// dropped and counted: a record a standby cannot read would make it
+    /// refuse every checkpoint that carries it.
     public func hold(_ kind: OutputRecord.Kind, _ bytes: UnsafeRawBufferPointer) {
+        if bytes.count > OutputRecord.maximumLength {
+            switch kind {
+            case .console:
+                var offset = 0
+                while offset < bytes.count {
+                    let end = min(bytes.count, offset + OutputRecord.maximumLength)
+                    hold(.console, UnsafeRawBufferPointer(rebasing: bytes[offset..<end]))
+                    offset = end
+                }
+            case .network:
+                lock.withLock { droppedCount += 1 }
+            }
+            return
+        }
         lock.lock()
         guard !sealed else {
             lock.unlock()

@@ -539,6 +539,13 @@ public final class ReplicationPrimary: @unchecked Sendable {
         let log = logger
         engine.sink = { [self] checkpoint in
             guard lost.withLock({ $0 }) == nil, resyncReason.withLock({ $0 }) == nil, !sendFailed.load(ordering: .relaxed) else { return }
+            // A state no standby accepts would be refused again at every
+            // session (a VMM's bug): say so, and run on without this standby.
+            guard checkpoint.state.count <= CheckpointBegin.maximumStateBytes else {
+                logger.critical("this guest cannot be protected: its machine state is \(checkpoint.state.count) bytes, over the \(CheckpointBegin.maximumStateBytes) a standby accepts")
+                markLost("the machine state of checkpoint \(checkpoint.sequence) is \(checkpoint.state.count) bytes")
+                return
+            }
             var sentBytes = 0
             var tenth = 0
             do {

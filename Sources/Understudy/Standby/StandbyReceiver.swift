@@ -67,7 +67,9 @@ public struct StandbyConfiguration: Sendable {
 /// the replica stays exactly the last committed checkpoint.
 public final class StandbyReceiver: @unchecked Sendable {
     public enum Outcome: Sendable, Equatable {
-        /// The primary is gone (or sent something it never should have): fail over.
+        /// The primary is gone (silent past the timeout, or its connection
+        /// closed), or did not come back after a resync: take over. (What it
+        /// sent being wrong is a resync, not a takeover.)
         case primaryLost(reason: String)
         /// The primary ended the session in order: do not fail over.
         case goodbye(reason: String)

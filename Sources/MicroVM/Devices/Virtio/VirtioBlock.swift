@@ -6,7 +6,7 @@ import Logging
 ///
 /// Requests are served synchronously on the vCPU thread that notified the queue.
 /// Every write goes through `writeHook` after reaching the file: the one place
-/// disk replication will mirror block writes.
+/// disk replication mirrors block writes.
 public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
     public static let featureReadOnly: UInt64 = 1 << 5
     public static let featureFlush: UInt64 = 1 << 9

@@ -6,7 +6,7 @@ import Logging
 ///
 /// Queue 0 receives, queue 1 transmits. Every frame the guest sends goes through
 /// `egress` (by default: straight to the tap), the one place the output-commit
-/// buffer will hold frames. Frames from the tap are delivered at once by a
+/// buffer holds frames. Frames from the tap are delivered at once by a
 /// receive thread, which wakes a waiting guest through `notifyGuest`.
 public final class VirtioNet: VirtioDevice, @unchecked Sendable {
     public static let featureMAC: UInt64 = 1 << 5
