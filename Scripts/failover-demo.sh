@@ -1,8 +1,10 @@
 #!/bin/bash
 # The whole of Understudy on one machine: a standby and a primary on loopback
 # run the built-in workload guest; its console output (after output commit) is
-# shown with the name of the host that released it; after a few seconds the
-# primary is killed with SIGKILL and the standby carries on from its last
+# shown with the name of the process that released it. After a few seconds a
+# planned switchover (understudy-ctl switchover) moves the guest to the
+# standby's process and the old primary becomes its standby, then back; then
+# the primary is killed with SIGKILL and the standby carries on from its last
 # committed checkpoint. Needs root (or access to /dev/kvm). On a host where
 # /dev/kvm does not open, it says so and runs inside the KVM box
 # (Scripts/kvm-box.sh), where everything is emulated and so much slower.
@@ -43,6 +45,7 @@ if [ -z "${UNDERSTUDY_IN_BOX:-}" ]; then
     build_log=$(mktemp)
     swift build -c release --product understudy-primary >"$build_log" 2>&1 \
         && swift build -c release --product understudy-standby >>"$build_log" 2>&1 \
+        && swift build -c release --product understudy-ctl >>"$build_log" 2>&1 \
         || { cat "$build_log" >&2; fail "the build failed (output above)"; }
     GUEST_FLAG=()
     if [ "$GUEST_KIND" = linux ]; then
@@ -74,10 +77,10 @@ trap cleanup EXIT
 
 # Shows a process's log and stops, when it has ended on its own.
 died() { echo "== the $1 stopped early; its log ($LOGS/$1.log):" >&2; sed 's/^/   /' "$LOGS/$1.log" >&2; fail "the $1 did not run"; }
-wait_for() {   # wait_for LOG PATTERN SECONDS PID NAME
+wait_for() {   # wait_for LOG PATTERN SECONDS PID NAME [COUNT]: COUNT lines match (default 1)
     local tries=$(( $3 * 10 ))
     for _ in $(seq "$tries"); do
-        grep -q "$2" "$1" && return 0
+        [ "$(grep -c "$2" "$1" || true)" -ge "${6:-1}" ] && return 0
         kill -0 "$4" 2>/dev/null || died "$5"
         sleep 0.1
     done
@@ -88,17 +91,31 @@ wait_for() {   # wait_for LOG PATTERN SECONDS PID NAME
 [ "$GUEST_KIND" != workload ] && { source Scripts/lib/kvstore-demo.sh; exit 0; }
 
 echo "== starting the standby on 127.0.0.1:$PORT (logs: $LOGS/standby.log)"
-"$BIN/understudy-standby" --listen "127.0.0.1:$PORT" "${HEARTBEAT[@]}" 2>"$LOGS/standby.log" > >(sed -u 's/^/[standby] /') &
+"$BIN/understudy-standby" --listen "127.0.0.1:$PORT" "${HEARTBEAT[@]}" --control "$LOGS/standby.sock" \
+    2>"$LOGS/standby.log" > >(sed -u 's/^/[standby] /') &
 STANDBY=$!
 wait_for "$LOGS/standby.log" "standby listening" 60 "$STANDBY" standby
 
 echo "== starting the primary with --epoch $EPOCH (logs: $LOGS/primary.log)"
 "$BIN/understudy-primary" --standby "127.0.0.1:$PORT" --epoch "$EPOCH" --memory 128M "${HEARTBEAT[@]}" \
+    --listen "127.0.0.1:$((PORT + 1))" --control "$LOGS/primary.sock" \
     --cmdline "pages=16 wss=256 every=100000" 2>"$LOGS/primary.log" > >(sed -u 's/^/[primary] /') &
 PRIMARY=$!
 wait_for "$LOGS/primary.log" "protected by the standby" 120 "$PRIMARY" primary
 sleep "$RUN_SECONDS"
 kill -0 "$PRIMARY" 2>/dev/null || died primary
+
+echo "== planned switchover: understudy-ctl switchover (the guest moves to the standby's process)"
+"$BIN/understudy-ctl" switchover --socket "$LOGS/primary.sock" | sed 's/^/   /'
+wait_for "$LOGS/standby.log" "protected by the standby" 120 "$STANDBY" standby
+sleep "$RUN_SECONDS"
+echo "== and back"
+"$BIN/understudy-ctl" switchover --socket "$LOGS/standby.sock" | sed 's/^/   /'
+wait_for "$LOGS/primary.log" "protected by the standby" 120 "$PRIMARY" primary 2
+echo "== understudy-ctl status of both processes:"
+"$BIN/understudy-ctl" status --socket "$LOGS/primary.sock" | sed 's/^/   /'
+"$BIN/understudy-ctl" status --socket "$LOGS/standby.sock" | sed 's/^/   /'
+sleep "$RUN_SECONDS"
 
 echo "== SIGKILL to the primary (pid $PRIMARY)"
 kill -9 "$PRIMARY"

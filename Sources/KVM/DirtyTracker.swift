@@ -25,6 +25,12 @@ import Foundation
 /// `collect` is called paused only (every vCPU out of KVM_RUN), from one
 /// thread at a time; `rearm` from the same thread, after the resume and before
 /// the next harvest.
+///
+/// Page numbers are guest-physical (page n is guest-physical n × 4096): the
+/// harvest's bitmap, and the mapping the engine copies from, cover guest RAM
+/// from guest-physical 0 without holes (`ReplicatedMachine.guestMemoryBase`).
+/// Each slot starts on a multiple of 64 pages (256 KiB), so a slot's log
+/// merges word by word.
 public final class DirtyTracker: @unchecked Sendable {
     public enum Mode: Sendable, Equatable {
         /// KVM_GET_DIRTY_LOG with manual protection (`VirtualMachine.enableManualDirtyLogProtect()`).

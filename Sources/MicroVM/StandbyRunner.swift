@@ -55,6 +55,9 @@ public enum StandbyRunner {
             try Machine.preflight(hello, tap: tap, keepingTap: true)
             try fencing?.observeSession()
         }
+        if let tap {
+            configuration.announceAtHandover = { frames in _ = try? TapPool.shared.announce(frames, on: tap) }
+        }
         return try StandbyReceiver(configuration: configuration, listener: listener, logger: logger)
     }
 

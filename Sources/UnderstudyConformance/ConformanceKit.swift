@@ -17,9 +17,10 @@ import Understudy
 ///    machine stopped: the replica is now a takeover point.
 /// 3. `restore` builds a second machine from that replica (its state and
 ///    memory, as a standby taking over does); its RAM must be the replica's
-///    before it runs; then it runs and is checkpointed in turn, each
-///    checkpoint compared the same way: the restored guest runs, and is
-///    itself replicable.
+///    before it runs (this catches a VMM that copies RAM on restore; one that
+///    maps the replica's memory, as it should, passes by construction); then
+///    it runs and is checkpointed in turn, each checkpoint compared the same
+///    way: the restored guest runs, and is itself replicable.
 ///
 /// The guest should write memory all the time (the more pages, vCPUs and
 /// device traffic the better): a guest that writes nothing proves nothing.

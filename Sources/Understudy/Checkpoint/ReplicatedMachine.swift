@@ -10,9 +10,9 @@ import KVM
 /// try engine.start()          // pause, harvest, copy, capture, resume; encode in the background
 /// ```
 public protocol ReplicatedMachine: AnyObject, Sendable {
-    /// Guest RAM as this process maps it: one mapping, in the page numbering
-    /// `collectDirtyPages` uses (page n is bytes n×4096 of the mapping; for a
-    /// VMM without holes in guest RAM, guest-physical page n).
+    /// Guest RAM as this process maps it: one mapping, page n of which is the
+    /// page `collectDirtyPages` marks as n (with `DirtyTracker`: guest-physical
+    /// page n, so RAM from guest-physical 0 without holes).
     var guestMemoryBase: UnsafeMutableRawPointer { get }
     /// Bytes of guest RAM (a multiple of 4 KiB).
     var guestMemorySize: Int { get }

@@ -1,6 +1,5 @@
 extension HostStatus {
-    /// A primary's status. `fence` when a fence gates output other than the
-    /// primary's own (a copy that took over and is not protected yet).
+    /// A primary's status (its fence, when it has one, gives the generation).
     public init(primary: ReplicationPrimary, uptime: Duration, switchoverListen: SocketAddress?) {
         let fence = primary.configuration.fence
         self.init(role: .primary, state: primary.status.rawValue, uptimeSeconds: Int(uptime.components.seconds),

@@ -540,10 +540,14 @@ public final class ReplicationPrimary: @unchecked Sendable {
         engine.sink = { [self] checkpoint in
             guard lost.withLock({ $0 }) == nil, resyncReason.withLock({ $0 }) == nil, !sendFailed.load(ordering: .relaxed) else { return }
             // A state no standby accepts would be refused again at every
-            // session (a VMM's bug): say so, and run on without this standby.
+            // session (a VMM's bug): say so, and tell the standby goodbye (it
+            // must not take over a guest that runs on here), then run on
+            // without it.
             guard checkpoint.state.count <= CheckpointBegin.maximumStateBytes else {
-                logger.critical("this guest cannot be protected: its machine state is \(checkpoint.state.count) bytes, over the \(CheckpointBegin.maximumStateBytes) a standby accepts")
-                markLost("the machine state of checkpoint \(checkpoint.sequence) is \(checkpoint.state.count) bytes")
+                let why = "this guest cannot be protected: its machine state is \(checkpoint.state.count) bytes, over the \(CheckpointBegin.maximumStateBytes) a standby accepts"
+                logger.critical("\(why)")
+                try? link.send(Frame(.goodbye, payload: Array(why.utf8.prefix(1024))))
+                markLost(why)
                 return
             }
             var sentBytes = 0

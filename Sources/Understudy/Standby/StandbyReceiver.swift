@@ -20,6 +20,13 @@ public struct StandbyConfiguration: Sendable {
     /// state format). A throw refuses the session with its description, so a
     /// standby that could not take over never pretends to protect the guest.
     public var preflight: (@Sendable (Hello) throws -> Void)?
+    /// Called with the guest's announcement (`Announcement.frames`) when a
+    /// handover is accepted, before the standby answers it: the VMM writes
+    /// the frames to the guest's tap, so what the world sends from then on
+    /// comes to this host rather than to the old primary's, which no longer
+    /// reads. Nil: the guest is announced with the takeover, a few
+    /// milliseconds later.
+    public var announceAtHandover: (@Sendable ([[UInt8]]) -> Void)?
 
     public init(listen: SocketAddress, heartbeatTimeout: Duration = StandbyConfiguration.defaultHeartbeatTimeout,
                 devices: Hello.Devices = [], maximumMemory: UInt64 = 64 << 30, handshakeTimeout: Duration = .seconds(5),
@@ -466,6 +473,10 @@ public final class StandbyReceiver: @unchecked Sendable {
         }
         let handover = try Handover(payload: frame.payload)
         if let released = handover.releasedThrough { unreleasedOutput.removeAll { $0.sequence <= released } }
+        if let announce = configuration.announceAtHandover, let mac = hello?.mac {
+            announce(Announcement.frames(mac: mac, addresses: guestAddresses))
+            announcedAtHandover = true
+        }
         logger.notice("the primary hands the guest over (planned switchover): taking over from checkpoint \(frame.sequence)",
                       metadata: ["standby-there": "\(handover.standby.map(String.init(describing:)) ?? "none")"])
         try? link.send(Frame(.handover))
@@ -546,6 +557,11 @@ public final class StandbyReceiver: @unchecked Sendable {
             logger.info("receiving the pre-copy of guest RAM: \(done * 10)% of \(replica.memory.size >> 20) MiB")
         }
     }
+
+    /// Whether the guest was announced when the handover was accepted
+    /// (`StandbyConfiguration.announceAtHandover`): frames queued on its tap
+    /// since then are the world's, for the guest.
+    public private(set) var announcedAtHandover = false
 
     /// Bytes of the initial disk copy received in this session.
     public private(set) var diskBytesReceived = 0

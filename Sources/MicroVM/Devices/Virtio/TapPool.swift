@@ -11,15 +11,27 @@ public final class TapPool: Sendable {
     public static let shared = TapPool()
     private let kept = Mutex<[String: Tap]>([:])
 
-    /// The kept tap `name` (frames that queued while no machine read it are
-    /// dropped: they are stale), or a newly opened one.
+    /// The kept tap `name` (with whatever queued on it), or a newly opened one.
     public func take(_ name: String) throws(MachineError) -> Tap {
-        if let tap = kept.withLock({ $0.removeValue(forKey: name) }) {
-            var buffer = [UInt8](repeating: 0, count: 65_536)
-            while buffer.withUnsafeMutableBytes({ tap.waitReadable(milliseconds: 0) ? tap.read(into: $0) : nil }) != nil {}
-            return tap
-        }
+        if let tap = kept.withLock({ $0.removeValue(forKey: name) }) { return tap }
         return try Tap(name: name)
+    }
+
+    /// A takeover's first step, before the machine is built: drops the frames
+    /// that queued on the tap while this host was a standby (stale; not when
+    /// `keepingQueuedFrames`, after an earlier announcement), writes `frames`
+    /// (the guest's announcement) so the network sends the guest's traffic
+    /// here from now on, and keeps the tap for the machine, which then finds
+    /// what arrived meanwhile (a request sent during the takeover) waiting for
+    /// it. Returns how many frames went out.
+    public func announce(_ frames: [[UInt8]], on name: String, keepingQueuedFrames: Bool = false) throws(MachineError) -> Int {
+        let tap = try take(name)
+        defer { keep(tap) }
+        var buffer = [UInt8](repeating: 0, count: 65_536)
+        while !keepingQueuedFrames, buffer.withUnsafeMutableBytes({ tap.waitReadable(milliseconds: 0) ? tap.read(into: $0) : nil }) != nil {}
+        var written = 0
+        for frame in frames where frame.withUnsafeBytes({ tap.write($0) }) { written += 1 }
+        return written
     }
 
     /// Keeps `tap` attached for the next `take` of its name (an older one kept
