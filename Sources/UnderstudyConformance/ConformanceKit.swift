@@ -80,6 +80,7 @@ public enum ConformanceKit {
         let machine = subject.machine
         let engine = CheckpointEngine(machine: machine, configuration: configuration)
         let staged = StagedCheckpoint()
+        @discardableResult
         func step<T>(_ name: String, _ body: () throws -> T) throws(ConformanceFailure) -> T {
             do { return try body() } catch { throw .machineFailed(phase: phase, step: name, error: "\(error)") }
         }
