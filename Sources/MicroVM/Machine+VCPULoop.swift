@@ -10,47 +10,24 @@ extension Machine {
         // An MMIO or I/O exit is only complete once KVM_RUN is entered again; a
         // pause must do that (with immediate_exit set) before parking.
         var exitInFlight = false
-        defer {
-            condition.lock()
-            threadsAlive -= 1
-            condition.broadcast()
-            condition.unlock()
-        }
+        defer { gate.threadEnded() }
         while true {
-            condition.lock()
-            if stopping {
-                condition.unlock()
-                return
-            }
-            if pauseRequested {
-                if exitInFlight {
-                    condition.unlock()
-                    exitInFlight = false
-                    do {
-                        if let exit = try vcpu.completeInFlightExit() {
-                            // immediate_exit was cleared under us: a resume raced the pause. Handle normally.
-                            guard handle(exit, vcpu: vcpu, index: index, exitInFlight: &exitInFlight) else { return }
-                        }
-                    } catch {
-                        stop(.hostError(vcpu: index, error: "\(error)"))
-                        return
-                    }
-                    continue
+            // Parks while paused (completing an MMIO or I/O exit first), ends on stop.
+            let next = gate.enter(index, exitInFlight: &exitInFlight, racedExit: { result, inFlight in
+                switch result {
+                case .success(let exit):
+                    // immediate_exit was cleared under us: a resume raced the pause. Handle normally.
+                    return handle(exit, vcpu: vcpu, index: index, exitInFlight: &inFlight)
+                case .failure(let error):
+                    stop(.hostError(vcpu: index, error: "\(error)"))
+                    return false
                 }
-                parked += 1
-                condition.broadcast()
-                while pauseRequested && !stopping {
-                    if captureRequested && parked == threadsAlive && parkedStates[index] == nil {
-                        captureOwnState(vcpu, index: index)
-                    } else {
-                        condition.wait()
-                    }
-                }
-                parked -= 1
-                condition.unlock()
-                continue
-            }
-            condition.unlock()
+            }, whileParked: {
+                guard captureRequested && gate.allParked && parkedStates[index] == nil else { return false }
+                captureOwnState(vcpu, index: index)
+                return true
+            })
+            guard next == .run else { return }
 
             let exit: VCPUExit
             do {
@@ -68,11 +45,11 @@ extension Machine {
     /// A read that outlived its pause (resumed and paused again meanwhile, when
     /// other vCPUs may have changed this one's LAPIC) is discarded.
     private func captureOwnState(_ vcpu: VCPU, index: Int) {
-        let generation = pauseGeneration
+        let generation = gate.pauseGeneration
         condition.unlock()
         let result = Result { () throws(KVMError) in try vcpu.captureState() }
         condition.lock()
-        if generation == pauseGeneration && captureRequested {
+        if generation == gate.pauseGeneration && captureRequested {
             parkedStates[index] = result
             condition.broadcast()
         }
@@ -206,7 +183,7 @@ extension Machine {
         let deadline = nanoseconds == 0 ? nil : Date().addingTimeInterval(Double(nanoseconds) / 1e9)
         condition.lock()
         defer { condition.unlock() }
-        while !stopping && !pauseRequested && doorbell.pendingEvents == 0 {
+        while !gate.isStopping && !gate.pauseRequested && doorbell.pendingEvents == 0 {
             if let deadline {
                 if !condition.wait(until: deadline) { return }
             } else {

@@ -52,20 +52,16 @@ public final class Machine: @unchecked Sendable {
     /// absorbs the ring: the pages wait for the next `collectDirtyPages`.
     public var onDirtyRingFull: (@Sendable (VCPU) -> Void)?
 
-    // Lifecycle, guarded by `condition`.
+    // Lifecycle, guarded by `condition`, the lock of the vCPUs' pause gate.
     enum Phase: Equatable { case created, running, paused, stopped }
-    let condition = NSCondition()
+    /// Parks the vCPU threads for a pause (completing MMIO and I/O exits first).
+    let gate: VCPUPauseGate
+    var condition: NSCondition { gate.condition }
     var phase = Phase.created
-    var pauseRequested = false
-    var stopping = false
-    var parked = 0
-    var threadsAlive = 0
     /// Set by `pause(capturingVCPUState: true)`: every vCPU thread, once all are
     /// parked, reads its own vCPU's state into `parkedStates` (see `captureState`).
     var captureRequested = false
     var parkedStates: [Result<VCPUState, KVMError>?] = []
-    /// Counts pauses, so a capture that outlived its pause is discarded.
-    var pauseGeneration: UInt64 = 0
     /// Whether the current pause is a checkpoint's (`pause(capturingVCPUState: true)`):
     /// its harvest leaves re-arming KVM's dirty log to `rearmDirtyLog()`.
     var pausedForCheckpoint = false
@@ -147,10 +143,11 @@ public final class Machine: @unchecked Sendable {
                 for vcpu in vcpus { try vcpu.enableSyncedRegisters() }
             }
             self.vcpus = vcpus
+            gate = VCPUPauseGate(vcpus: vcpus)
         } catch {
             throw .kvm(error)
         }
-        let condition = self.condition
+        let condition = gate.condition
         serial = Serial(base: GuestLayout.serialBase, output: console)
         let doorbell = Doorbell(base: GuestLayout.doorbellBase) {
             condition.lock()
@@ -330,7 +327,7 @@ public final class Machine: @unchecked Sendable {
                 throw .thread(errno: result)
             }
             threads.append(thread)
-            threadsAlive += 1
+            gate.threadStartedLocked()
         }
         net?.startReceiving()
         phase = .running
@@ -350,14 +347,11 @@ public final class Machine: @unchecked Sendable {
         condition.lock()
         defer { condition.unlock() }
         guard phase == .running else { throw .wrongState("pause: the machine is not running (\(phase))") }
-        pauseGeneration &+= 1
         captureRequested = capturingVCPUState
         pausedForCheckpoint = capturingVCPUState
         parkedStates = Array(repeating: nil, count: vcpus.count)
-        pauseRequested = true
-        for vcpu in vcpus { vcpu.requestExit() }
-        condition.broadcast()
-        while parked < threadsAlive { condition.wait() }
+        gate.requestPauseLocked()
+        gate.waitUntilParkedLocked()
         // Devices are quiesced outside this lock: a device thread delivers and
         // notifies under its own lock, and the notification wakes vCPUs under
         // this one (device lock, then machine lock). The vCPUs stay parked
@@ -365,7 +359,7 @@ public final class Machine: @unchecked Sendable {
         condition.unlock()
         for device in devices { device.setQuiesced(true) }
         condition.lock()
-        phase = stopping ? .stopped : .paused
+        phase = gate.isStopping ? .stopped : .paused
         return clock.now - started
     }
 
@@ -384,11 +378,9 @@ public final class Machine: @unchecked Sendable {
         for device in devices { device.setQuiesced(false) }
         condition.lock()
         guard phase == .paused else { throw .wrongState("resume: the machine is not paused (\(phase))") }
-        pauseRequested = false
         captureRequested = false
-        for vcpu in vcpus { vcpu.clearExitRequest() }
         phase = .running
-        condition.broadcast()
+        gate.resumeLocked()
         return clock.now - started
     }
 
@@ -400,23 +392,23 @@ public final class Machine: @unchecked Sendable {
     public func waitUntilStopped(timeout: Duration? = nil) -> StopReason? {
         let deadline = timeout.map { Date().addingTimeInterval(Double($0.components.seconds) + Double($0.components.attoseconds) / 1e18) }
         condition.lock()
-        while !(stopping && threadsAlive == 0) && !(phase == .created && stopping) {
+        while !(gate.isStopping && gate.threadsAlive == 0) && !(phase == .created && gate.isStopping) {
             // Once stopping, the vCPUs are asked to leave KVM_RUN again every
             // 100 ms: a kick is a signal, and one was seen lost in the KVM box
             // (a vCPU left in KVM_RUN for minutes after SIGTERM). Asking again
             // costs nothing when the first one worked.
-            let wakeAt = stopping ? Date().addingTimeInterval(0.1) : nil
+            let wakeAt = gate.isStopping ? Date().addingTimeInterval(0.1) : nil
             let until = [deadline, wakeAt].compactMap { $0 }.min()
             if let until {
                 if !condition.wait(until: until) {
                     if let deadline, Date() >= deadline { break }
-                    if stopping { for vcpu in vcpus { vcpu.requestExit() } }
+                    if gate.isStopping { for vcpu in vcpus { vcpu.requestExit() } }
                 }
             } else {
                 condition.wait()
             }
         }
-        let done = stopping && threadsAlive == 0
+        let done = gate.isStopping && gate.threadsAlive == 0
         let result = done ? reason : nil
         condition.unlock()
         if done { joinThreads() }
@@ -451,9 +443,7 @@ public final class Machine: @unchecked Sendable {
             default: logger.notice("machine stopping: \(why)")
             }
         }
-        stopping = true
-        for vcpu in vcpus { vcpu.requestExit() }
-        condition.broadcast()
+        gate.stopLocked()
     }
 
     private func joinThreads() {

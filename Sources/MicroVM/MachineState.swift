@@ -162,7 +162,7 @@ extension Machine {
         condition.lock()
         defer { condition.unlock() }
         guard captureRequested else { return Array(repeating: nil, count: vcpus.count) }
-        while !stopping && parkedStates.contains(where: { $0 == nil }) { condition.wait() }
+        while !gate.isStopping && parkedStates.contains(where: { $0 == nil }) { condition.wait() }
         captureRequested = false
         return parkedStates
     }
