@@ -110,12 +110,10 @@ struct CheckpointEngineTests {
         #expect(throws: ReplicaImage.ApplyError.self) { try replica.precopy(firstPage: 0, [UInt8](repeating: 0, count: 4096)[...]) }
     }
 
-    /// The background loop at 1 ms: checkpoints arrive in order; after it stops, one
-    /// more checkpoint taken while paused brings the replica to exactly the guest.
-    @Test func backgroundLoopAtOneMillisecond() throws {
-        let machine = try Machine(configuration: .init(memorySize: 32 << 20, commandLine: "pages=4 wss=200 every=100000",
-                                                       dirtyTracking: .bitmap), console: { _ in })
-        let engine = CheckpointEngine(machine: machine, configuration: .init(epoch: .milliseconds(1)))
+    /// Starts `machine` and an engine loop on it whose checkpoints go into a
+    /// fresh replica; what fails to apply is collected.
+    static func loop(_ machine: Machine, epoch: Duration) throws -> (CheckpointEngine, ReplicaImage, Lines) {
+        let engine = CheckpointEngine(machine: machine, configuration: .init(epoch: epoch))
         let replica = try ReplicaImage(memorySize: machine.memory.size)
         let errors = Lines()
         engine.sink = { checkpoint in
@@ -123,6 +121,15 @@ struct CheckpointEngineTests {
         }
         try machine.start()
         try engine.start()
+        return (engine, replica, errors)
+    }
+
+    /// The background loop at 1 ms: checkpoints arrive in order; after it stops, one
+    /// more checkpoint taken while paused brings the replica to exactly the guest.
+    @Test func backgroundLoopAtOneMillisecond() throws {
+        let machine = try Machine(configuration: .init(memorySize: 32 << 20, commandLine: "pages=4 wss=200 every=100000",
+                                                       dirtyTracking: .bitmap), console: { _ in })
+        let (engine, replica, errors) = try Self.loop(machine, epoch: .milliseconds(1))
         // Wait for checkpoints, not for a time: a loaded CI machine runs fewer epochs per
         // second (the first one, the full image, alone can take a second in a debug build).
         let ran = eventually(timeout: 120) { engine.statistics.count >= 20 }
@@ -162,14 +169,7 @@ struct CheckpointEngineTests {
         let lines = Lines()
         let machine = try Machine(configuration: .init(memorySize: 32 << 20, commandLine: "pages=16 wss=400 every=2000",
                                                        dirtyTracking: .bitmap), console: lines.sink)
-        let engine = CheckpointEngine(machine: machine, configuration: .init(epoch: .milliseconds(2)))
-        let replica = try ReplicaImage(memorySize: machine.memory.size)
-        let errors = Lines()
-        engine.sink = { checkpoint in
-            do { try replica.apply(checkpoint) } catch { errors.sink(Array("\(error)\n".utf8)) }
-        }
-        try machine.start()
-        try engine.start()
+        let (engine, replica, errors) = try Self.loop(machine, epoch: .milliseconds(2))
         #expect(eventually(timeout: 120) { engine.statistics.count >= 10 && lines.lines.count >= 3 }, "the loop ran")
         try engine.stopLeavingGuestPaused()
         #expect(errors.lines.isEmpty, "\(errors.lines.prefix(3))")
