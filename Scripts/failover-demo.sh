@@ -4,8 +4,9 @@
 # shown with the name of the process that released it. After a few seconds a
 # planned switchover (understudy-ctl switchover) moves the guest to the
 # standby's process and the old primary becomes its standby, then back; then
-# the primary is killed with SIGKILL and the standby carries on from its last
-# committed checkpoint. Needs root (or access to /dev/kvm). On a host where
+# the primary is killed with SIGKILL, the standby carries on from its last
+# committed checkpoint, and a standby started where the primary was protects
+# the guest again. Needs root (or access to /dev/kvm). On a host where
 # /dev/kvm does not open, it says so and runs inside the KVM box
 # (Scripts/kvm-box.sh), where everything is emulated and so much slower.
 #
@@ -72,7 +73,7 @@ BIN=$(swift build -c release --show-bin-path)
 HEARTBEAT=()
 [ -n "${UNDERSTUDY_IN_BOX:-}" ] && HEARTBEAT=(--heartbeat-timeout 2s)
 LOGS=$(mktemp -d)
-cleanup() { kill -9 "${PRIMARY:-}" "${STANDBY:-}" 2>/dev/null || true; }
+cleanup() { kill -9 "${PRIMARY:-}" "${STANDBY:-}" "${BACK:-}" 2>/dev/null || true; }
 trap cleanup EXIT
 
 # Shows a process's log and stops, when it has ended on its own.
@@ -125,6 +126,15 @@ sleep 3
 kill -0 "$STANDBY" 2>/dev/null || died standby
 echo "== the standby's account of the failover:"
 grep -E "primary lost|taking over|released the output" "$LOGS/standby.log" | sed 's/^/   /'
-echo "== stopping the standby's guest"
-kill -TERM "$STANDBY"
+# After the switchovers the standby's process knows the other side's address
+# (127.0.0.1:$((PORT + 1))): a standby started there protects the guest again.
+echo "== the failed host repaired: a new standby on 127.0.0.1:$((PORT + 1)); the guest is protected again without another step"
+"$BIN/understudy-standby" --listen "127.0.0.1:$((PORT + 1))" "${HEARTBEAT[@]}" 2>"$LOGS/standby2.log" > >(sed -u 's/^/[new standby] /') &
+BACK=$!
+wait_for "$LOGS/standby.log" "protected by the standby" 120 "$STANDBY" standby 2
+"$BIN/understudy-ctl" status --socket "$LOGS/standby.sock" | sed 's/^/   /'
+sleep 2
+echo "== stopping the guest (its standby is told goodbye)"
+"$BIN/understudy-ctl" stop --socket "$LOGS/standby.sock" | sed 's/^/   /'
 wait "$STANDBY" 2>/dev/null || true
+wait "$BACK" 2>/dev/null || true

@@ -71,7 +71,7 @@ public enum StandbyRunner {
         var phase = (options: options, receiver: receiver)
         while true {
             let next: Takeover
-            switch try serve(phase.options, receiver: phase.receiver, hosting: hosting, logger: logger) {
+            switch serve(phase.options, receiver: phase.receiver, hosting: hosting, logger: logger) {
             case .exit(let status): return status
             case .takeOver(let takeover): next = takeover
             }

@@ -73,6 +73,15 @@ struct ControlTests {
         let path = Self.path()
         let first = try ControlServer(path: path, logger: Self.logger)
         #expect(throws: ControlError.inUse(path: path)) { try ControlServer(path: path, logger: Self.logger) }
+        // A peer that leaves before its answer costs the server nothing (no
+        // SIGPIPE: this test process would die of it, as it once did).
+        for _ in 0..<20 {
+            let fd = try ControlClient.connect(to: path)
+            try UnixSocketAddress.writeAll(fd, Array("status\n".utf8))
+            close(fd)
+        }
+        first.handler = { _ in ControlReply(ok: true, message: "first") }
+        #expect(try ControlClient.send(.status, to: path).message == "first", "the server goes on")
         first.stop()
         // What a SIGKILLed process leaves: the file, nobody listening.
         let fd = try UnixSocketAddress.socket()

@@ -52,12 +52,13 @@ struct UnixSocketAddress {
         throw .malformed("a line longer than \(limit) bytes")
     }
 
-    /// Writes all of `bytes` (a short write is retried).
+    /// Sends all of `bytes` (a short send is retried). A peer that went away
+    /// is an error (EPIPE), never a SIGPIPE that would kill the process.
     static func writeAll(_ fd: Int32, _ bytes: [UInt8]) throws(ControlError) {
         var offset = 0
         while offset < bytes.count {
-            let n = bytes[offset...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-            if n < 0 { if errno == EINTR { continue }; throw .system(call: "write", errno: errno) }
+            let n = bytes[offset...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if n < 0 { if errno == EINTR { continue }; throw .system(call: "send", errno: errno) }
             offset += n
         }
     }
