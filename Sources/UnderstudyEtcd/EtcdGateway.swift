@@ -1,12 +1,15 @@
 import AsyncHTTPClient
 import Foundation
 import NIOCore
+import Synchronization
 import Understudy
 
 /// etcd's v3 API through its JSON gateway (`POST /v3/...`, keys and values
 /// base64, 64-bit integers as strings), over async-http-client, called from
-/// ordinary threads. Each call tries the members in order until one answers;
-/// an answer from any member is the cluster's (etcd forwards to its leader).
+/// ordinary threads. Each call tries the members until one answers, starting
+/// with the one that answered last (a member that died costs one failed
+/// attempt, not one per call, which a lease's renewal cannot afford); an
+/// answer from any member is the cluster's (etcd forwards to its leader).
 /// Every answer is untrusted: anything unexpected is `.malformed`.
 public final class EtcdGateway: Sendable {
     /// The members, as `host:port`.
@@ -14,6 +17,8 @@ public final class EtcdGateway: Sendable {
     /// How long one member may take to answer one call.
     public let requestTimeout: Duration
     private let client: HTTPClient
+    /// The member that answered last: tried first.
+    private let preferred = Atomic<Int>(0)
 
     /// Parses `etcd://HOST:PORT[,HOST:PORT...]`.
     public static func endpoints(from url: String) throws(ArbiterError) -> [String] {
@@ -42,7 +47,10 @@ public final class EtcdGateway: Sendable {
         let payload: Data
         do { payload = try JSONSerialization.data(withJSONObject: body) } catch { throw .malformed("request: \(error)") }
         var failures: [String] = []
-        for endpoint in endpoints {
+        let first = preferred.load(ordering: .relaxed)
+        for offset in endpoints.indices {
+            let index = (first + offset) % endpoints.count
+            let endpoint = endpoints[index]
             let response: HTTPClient.Response
             do {
                 let request = try HTTPClient.Request(url: "http://\(endpoint)/v3/\(path)", method: .POST,
@@ -62,6 +70,7 @@ public final class EtcdGateway: Sendable {
                 failures.append("\(endpoint): \(message)")
                 continue
             }
+            preferred.store(index, ordering: .relaxed)
             return object
         }
         throw .unreachable(failures.joined(separator: "; "))

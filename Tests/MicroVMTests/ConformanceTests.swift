@@ -22,11 +22,11 @@ struct ConformanceTests {
     @Test(arguments: [MachineConfiguration.DirtyTracking.bitmap, .ring(entries: 4096)])
     func workloadOnTwoVCPUs(tracking: MachineConfiguration.DirtyTracking) throws {
         let configuration = MachineConfiguration(vcpuCount: 2, memorySize: 64 << 20, maxSlotSize: 16 << 20,
-                                                 commandLine: "pages=64 wss=3000 every=20000", dirtyTracking: tracking)
+                                                 commandLine: "pages=16 wss=1500 every=20000", dirtyTracking: tracking)
         let machine = try Machine(configuration: configuration, console: { _ in })
         let report = try ConformanceKit.check(Self.subject(machine), restore: { replica in
             Self.subject(try Machine(restoring: replica.state, memory: replica.memory, console: { _ in }))
-        }, checkpoints: TestHost.rounds(200, minimum: 20), restoredCheckpoints: TestHost.rounds(50, minimum: 10))
+        }, checkpoints: TestHost.rounds(100, minimum: 20), restoredCheckpoints: TestHost.rounds(30, minimum: 10))
         #expect(report.dirtyPages > 0, "the guest wrote memory: \(report)")
         print("conformance, workload, \(tracking): \(report)")
     }
