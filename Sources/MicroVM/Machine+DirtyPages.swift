@@ -1,4 +1,5 @@
 import KVM
+import Understudy
 
 extension Machine {
     /// Moves every page written since the last call into `bitmap` (whole-RAM page

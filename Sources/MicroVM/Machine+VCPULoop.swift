@@ -1,5 +1,6 @@
 import Foundation
 import KVM
+import Understudy
 
 extension Machine {
     /// The body of vCPU thread `index`: run, dispatch exits to devices, park on

@@ -1,5 +1,6 @@
 import Foundation
 import KVM
+import Understudy
 import Logging
 
 /// The reference VMM: a KVM guest with vCPU threads, MMIO devices (serial,

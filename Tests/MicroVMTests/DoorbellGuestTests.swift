@@ -1,5 +1,6 @@
 import Foundation
 import KVM
+import Understudy
 @testable import MicroVM
 import TestGuests
 import Testing

@@ -1,4 +1,5 @@
 import KVM
+import Understudy
 @testable import MicroVM
 
 /// A minimal virtio driver written in Swift, driving a device model directly

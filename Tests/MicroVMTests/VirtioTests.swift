@@ -1,5 +1,6 @@
 import Foundation
 import KVM
+import Understudy
 import Logging
 @testable import MicroVM
 import Synchronization

@@ -1,4 +1,5 @@
 import KVM
+import Understudy
 import Foundation
 import Logging
 

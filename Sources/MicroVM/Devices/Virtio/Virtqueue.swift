@@ -1,4 +1,5 @@
 import KVM
+import Understudy
 
 /// One split virtqueue (virtio 1.x §2.7), as the device side sees it.
 ///

@@ -1,3 +1,4 @@
+import KVM
 import Foundation
 import Synchronization
 

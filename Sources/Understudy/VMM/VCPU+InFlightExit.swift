@@ -1,3 +1,5 @@
+import KVM
+
 extension VCPU {
     /// Whether `exit` leaves its instruction half done until KVM_RUN is
     /// entered again: an MMIO or port-I/O exit. KVM finishes such an

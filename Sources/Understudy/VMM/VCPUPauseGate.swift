@@ -1,3 +1,4 @@
+import KVM
 import Foundation
 
 /// Parks a VMM's vCPU threads out of KVM_RUN for a pause (a checkpoint, a

@@ -1,3 +1,4 @@
+import KVM
 import Foundation
 
 /// Which pages of guest RAM were written since the last harvest, for a
