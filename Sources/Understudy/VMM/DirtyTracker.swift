@@ -48,6 +48,9 @@ public final class DirtyTracker: @unchecked Sendable {
     public let pageCount: Int
     private let vm: VirtualMachine
     private let slots: [MemoryRegion]
+    /// Per KVM slot id, its index in `slots` (-1: not one of them): a ring
+    /// entry names its slot by id, and a harvest looks up every entry.
+    private let slotIndex: [Int]
     private let vcpus: [VCPU]
     private let ownWrites: GuestMemory?
     /// One reusable KVM dirty bitmap per slot.
@@ -70,6 +73,9 @@ public final class DirtyTracker: @unchecked Sendable {
         self.mode = mode
         self.ownWrites = ownWrites
         pageCount = slots.map { Int($0.guestPhysicalAddress / 4096) + $0.pageCount }.max() ?? 0
+        var index = [Int](repeating: -1, count: Int(slots.map(\.slot).max() ?? 0) + 1)
+        for (position, region) in slots.enumerated() { index[Int(region.slot)] = position }
+        slotIndex = index
         slotBitmaps = slots.map { DirtyBitmap(pageCount: $0.pageCount) }
         rearmedBitmaps = slots.map { DirtyBitmap(pageCount: $0.pageCount) }
     }
@@ -158,7 +164,9 @@ public final class DirtyTracker: @unchecked Sendable {
         do {
             _ = try vcpu.harvestDirtyRing { slotID, offset in
                 let slot = Int(slotID & 0xFFFF)
-                guard let region = slots.first(where: { Int($0.slot) == slot }), offset < UInt64(region.pageCount) else { return }
+                guard slot < slotIndex.count, slotIndex[slot] >= 0 else { return }
+                let region = slots[slotIndex[slot]]
+                guard offset < UInt64(region.pageCount) else { return }
                 bitmap[Int(region.guestPhysicalAddress / 4096) + Int(offset)] = true
             }
         } catch let error as KVMError {
